@@ -1,0 +1,186 @@
+//! Configuration: a TOML file (serde schema, unknown keys refused) overridden by flags, validated
+//! into [`Config`]. A bad value is reported with its key and file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5001";
+pub const DEFAULT_ROOT: &str = "./data";
+pub const DEFAULT_UPLOAD_PURGE_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_UPLOAD_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The file schema. Every key is optional; see [`Config`] for defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub root: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
+    pub delete_enabled: Option<bool>,
+    pub max_manifest_bytes: Option<usize>,
+    pub upload_purge_age: Option<String>,
+    pub upload_purge_interval: Option<String>,
+    pub gc_grace: Option<String>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `host:port`, or a Unix socket (`unix:PATH`).
+    pub listen: String,
+    pub root: PathBuf,
+    /// Where `/metrics` is served; none by default.
+    pub metrics_listen: Option<String>,
+    pub delete_enabled: bool,
+    pub max_manifest_bytes: usize,
+    pub upload_purge_age: Duration,
+    pub upload_purge_interval: Duration,
+    pub gc_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.into(),
+            root: DEFAULT_ROOT.into(),
+            metrics_listen: None,
+            delete_enabled: true,
+            max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
+            upload_purge_age: DEFAULT_UPLOAD_PURGE_AGE,
+            upload_purge_interval: DEFAULT_UPLOAD_PURGE_INTERVAL,
+            gc_grace: DEFAULT_GC_GRACE,
+        }
+    }
+}
+
+/// A configuration error, naming the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{origin}: `{key}`: {message}")]
+    Value {
+        origin: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+fn duration(origin: &str, key: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v).map_err(|e| ConfigError::Value {
+        origin: origin.into(),
+        key,
+        message: format!("{v:?} is not a duration like \"24h\" or \"30m\": {e}"),
+    })
+}
+
+impl Config {
+    /// Reads a config file; keys it does not set keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &p)
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
+        let mut c = Config::default();
+        c.apply(file, origin)?;
+        Ok(c)
+    }
+
+    /// Applies the keys set in `f` over this config.
+    pub fn apply(&mut self, f: FileConfig, origin: &str) -> Result<(), ConfigError> {
+        if let Some(v) = f.listen {
+            if v.is_empty() {
+                return Err(ConfigError::Value {
+                    origin: origin.into(),
+                    key: "listen",
+                    message: "must not be empty".into(),
+                });
+            }
+            self.listen = v;
+        }
+        if let Some(v) = f.root {
+            self.root = v;
+        }
+        if let Some(v) = f.metrics_listen {
+            self.metrics_listen = Some(v).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = f.delete_enabled {
+            self.delete_enabled = v;
+        }
+        if let Some(v) = f.max_manifest_bytes {
+            if v < DEFAULT_MAX_MANIFEST_BYTES {
+                return Err(ConfigError::Value {
+                    origin: origin.into(),
+                    key: "max_manifest_bytes",
+                    message: format!("must be at least {DEFAULT_MAX_MANIFEST_BYTES} (4 MiB)"),
+                });
+            }
+            self.max_manifest_bytes = v;
+        }
+        if let Some(v) = f.upload_purge_age {
+            self.upload_purge_age = duration(origin, "upload_purge_age", &v)?;
+        }
+        if let Some(v) = f.upload_purge_interval {
+            self.upload_purge_interval = duration(origin, "upload_purge_interval", &v)?;
+            if self.upload_purge_interval.is_zero() {
+                return Err(ConfigError::Value {
+                    origin: origin.into(),
+                    key: "upload_purge_interval",
+                    message: "must be more than 0".into(),
+                });
+            }
+        }
+        if let Some(v) = f.gc_grace {
+            self.gc_grace = duration(origin, "gc_grace", &v)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_names_bad_keys() {
+        let c = Config::from_toml(
+            "listen = \"unix:/tmp/x.sock\"\ngc_grace = \"2h\"\ndelete_enabled = false",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.gc_grace, Duration::from_secs(7200));
+        assert!(!c.delete_enabled);
+        let e = Config::from_toml("gc_grace = \"soon\"", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gc_grace") && e.contains("t.toml"), "{e}");
+        let e = Config::from_toml("bogus = 1", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = Config::from_toml("delete_enabled = \"yes\"", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delete_enabled"), "{e}");
+    }
+}

@@ -1,0 +1,146 @@
+//! registry-core: an OCI Distribution v1.1 registry over Distribution's storage layout.
+//!
+//! How the modules fit, from the wire down:
+//!
+//! - [`server`]: hyper 1.x server (TCP or Unix socket, HTTP/1.1 + h2c); maps each request to a
+//!   [`routes::Route`], validates names and digests, calls [`registry::Registry`], and turns every
+//!   [`error::RegistryError`] into a status and an OCI JSON error body in one place.
+//! - [`routes`]: `/v2/<name>/<kind>/<ref>` parsing from the end (names contain `/`).
+//! - [`registry`]: the operations (blobs, uploads, manifests, tags, catalog, referrers, purge) over
+//!   a [`storage::Storage`]; upload state lives in storage, in-memory hashes are a fast path.
+//! - [`manifest`]: manifest validation, media types, referrer descriptors.
+//! - [`gc`]: mark and sweep with a grace period, safe while serving.
+//! - [`storage`]: the storage trait, Distribution's path [`storage::layout`] and the filesystem
+//!   backend.
+//! - [`name`], [`digest`]: validated protocol newtypes; nothing unvalidated reaches a path.
+//! - [`metrics`]: `regcore_*` Prometheus metrics in the default registry (served by the binary on
+//!   its own address, and by the edge when it embeds the core).
+//! - [`config`]: TOML + flags into a validated [`config::Config`]; [`run`] starts it all.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod gc;
+pub mod manifest;
+pub mod metrics;
+pub mod name;
+pub mod registry;
+pub mod routes;
+pub mod server;
+pub mod storage;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use config::Config;
+pub use registry::{Options, Registry};
+pub use server::{serve, Listener};
+
+/// Opens the storage of `config` and builds the registry on it.
+pub fn open(config: &Config) -> std::io::Result<Arc<Registry>> {
+    let storage = storage::FsStorage::open(&config.root)?;
+    Ok(Arc::new(Registry::new(
+        Arc::new(storage),
+        Options {
+            delete_enabled: config.delete_enabled,
+            max_manifest_bytes: config.max_manifest_bytes,
+        },
+    )))
+}
+
+/// Purges stale uploads every `config.upload_purge_interval` until dropped.
+pub fn spawn_upload_purger(
+    registry: Arc<Registry>,
+    config: &Config,
+) -> tokio::task::JoinHandle<()> {
+    let (interval, age) = (config.upload_purge_interval, config.upload_purge_age);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            match registry.purge_uploads(age).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "purged stale uploads"),
+                Err(e) => tracing::warn!(error = %e, "purging stale uploads failed"),
+            }
+        }
+    })
+}
+
+/// Serves `/metrics` (Prometheus text format) on `listener` until `shutdown`.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use http_body_util::Full;
+    tokio::pin!(shutdown);
+    loop {
+        let (s, _) = tokio::select! {
+            r = listener.accept() => r?,
+            _ = &mut shutdown => return Ok(()),
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        http::Response::builder()
+                            .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                            .body(Full::new(bytes::Bytes::from(metrics::render())))
+                    } else {
+                        http::Response::builder()
+                            .status(404)
+                            .body(Full::new(bytes::Bytes::from_static(b"not found\n")))
+                    };
+                    Ok::<_, std::convert::Infallible>(resp.expect("well-formed"))
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+        });
+    }
+}
+
+/// Runs the registry of `config` until `shutdown`: the API listener, the metrics listener (when
+/// configured) and the upload purger. `ready` is called with the bound API address.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(&str),
+) -> std::io::Result<()> {
+    let registry = open(&config)?;
+    let listener = Listener::bind(&config.listen).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = match &config.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(addr = %l.local_addr()?, "metrics listening");
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(serve_metrics(l, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })))
+        }
+        None => None,
+    };
+    let purger = spawn_upload_purger(registry.clone(), &config);
+    let addr = listener.describe();
+    tracing::info!(addr = %addr, root = %config.root.display(), delete = config.delete_enabled, "registry-core listening");
+    ready(&addr);
+    let mut rx = stop_rx;
+    let res = serve(listener, registry, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    });
+    tokio::pin!(res);
+    tokio::select! {
+        r = &mut res => { purger.abort(); return r; }
+        _ = shutdown => {}
+    }
+    let _ = stop_tx.send(true);
+    let r = res.await;
+    purger.abort();
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    r
+}

@@ -1,0 +1,131 @@
+//! The `registry-core` binary: serve (default) or collect garbage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use registry_core::config::{Config, FileConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "registry-core",
+    version,
+    about = "An OCI Distribution v1.1 registry"
+)]
+struct Cli {
+    /// TOML config file.
+    #[arg(long, global = true, env = "REGISTRY_CORE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address: host:port, or unix:PATH.
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// Storage root (Distribution's filesystem layout).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics on this address.
+    #[arg(long, global = true)]
+    metrics_listen: Option<String>,
+    /// Allow DELETE of manifests, tags and blobs.
+    #[arg(long, global = true)]
+    delete_enabled: Option<bool>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry (the default).
+    Serve,
+    /// Remove blobs and untagged manifests that nothing references.
+    Gc {
+        /// Only print what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Never touch anything younger than this (e.g. "1h"); default from the config.
+        #[arg(long)]
+        grace: Option<String>,
+    },
+}
+
+fn load(cli: &Cli) -> Result<Config, registry_core::config::ConfigError> {
+    let mut c = match &cli.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    c.apply(
+        FileConfig {
+            listen: cli.listen.clone(),
+            root: cli.root.clone(),
+            metrics_listen: cli.metrics_listen.clone(),
+            delete_enabled: cli.delete_enabled,
+            gc_grace: match &cli.command {
+                Some(Command::Gc { grace, .. }) => grace.clone(),
+                _ => None,
+            },
+            ..FileConfig::default()
+        },
+        "command line",
+    )?;
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("registry-core: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = rt.block_on(async {
+        match cli.command {
+            None | Some(Command::Serve) => {
+                registry_core::run(config, shutdown_signal(), |_| {}).await?;
+            }
+            Some(Command::Gc { dry_run, .. }) => {
+                let registry = registry_core::open(&config)?;
+                let report = registry_core::gc::collect(&registry, config.gc_grace, dry_run)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                let verb = if dry_run { "would remove" } else { "removed" };
+                for (repo, d) in &report.manifests {
+                    println!("{verb} manifest {repo}@{d}");
+                }
+                for d in &report.blobs {
+                    println!("{verb} blob {d}");
+                }
+                println!(
+                    "{verb} {} manifests and {} blobs ({} bytes)",
+                    report.manifests.len(),
+                    report.blobs.len(),
+                    report.bytes
+                );
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("registry-core: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,124 @@
+//! Prometheus metrics, prefix `regcore_`, registered in the `prometheus` crate's default registry
+//! so that an embedding process (the edge) serves them beside its own. No label takes an
+//! unbounded value: routes are classes, never repositories or digests.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge,
+};
+
+static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "regcore_http_requests_total",
+        "HTTP requests answered, by route class, method and status code.",
+        &["route", "method", "code"]
+    )
+    .expect("metric registers once")
+});
+
+static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "regcore_http_request_duration_seconds",
+        "Time from request to response headers, by route class and method.",
+        &["route", "method"],
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0, 300.0, 1800.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+static BYTES_RECEIVED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "regcore_received_bytes_total",
+        "Blob upload bytes received and stored."
+    )
+    .expect("metric registers once")
+});
+
+static BYTES_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "regcore_sent_bytes_total",
+        "Body bytes sent, by route class.",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
+static UPLOADS_IN_PROGRESS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "regcore_uploads_in_progress",
+        "Upload requests whose body is being received right now."
+    )
+    .expect("metric registers once")
+});
+
+static UPLOAD_OUTCOMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "regcore_uploads_total",
+        "Upload session events: started, completed, mounted, digest_mismatch, interrupted, cancelled, purged.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+static STORAGE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "regcore_storage_errors_total",
+        "Storage operations that failed with an I/O error."
+    )
+    .expect("metric registers once")
+});
+
+/// Registers every metric now, so a scrape shows them before the first request.
+pub fn init() {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&DURATION);
+    LazyLock::force(&BYTES_RECEIVED);
+    LazyLock::force(&BYTES_SENT);
+    LazyLock::force(&UPLOADS_IN_PROGRESS);
+    LazyLock::force(&UPLOAD_OUTCOMES);
+    LazyLock::force(&STORAGE_ERRORS);
+}
+
+pub fn request(route: &str, method: &str, code: u16, seconds: f64) {
+    REQUESTS
+        .with_label_values(&[route, method, &code.to_string()])
+        .inc();
+    DURATION
+        .with_label_values(&[route, method])
+        .observe(seconds);
+}
+
+pub fn bytes_received(n: usize) {
+    BYTES_RECEIVED.inc_by(n as u64);
+}
+
+pub fn bytes_sent(route: &str, n: usize) {
+    BYTES_SENT.with_label_values(&[route]).inc_by(n as u64);
+}
+
+pub fn uploads_in_progress(delta: i64) {
+    UPLOADS_IN_PROGRESS.add(delta);
+}
+
+pub fn upload_outcome(outcome: &str) {
+    UPLOAD_OUTCOMES.with_label_values(&[outcome]).inc();
+}
+
+pub fn storage_error() {
+    STORAGE_ERRORS.inc();
+}
+
+/// The default registry in the Prometheus text format.
+pub fn render() -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let enc = prometheus::TextEncoder::new();
+    enc.encode(&prometheus::gather(), &mut buf)
+        .expect("text encoding into a Vec cannot fail");
+    String::from_utf8(buf).expect("the text format is UTF-8")
+}

@@ -1,0 +1,329 @@
+//! The filesystem backend: Distribution's `filesystem` driver layout under a root directory.
+//!
+//! Atomic puts write a temporary file under `<root>/.tmp`, fsync it, rename it into place and
+//! fsync the directory. Streamed writes are fsynced on commit.
+
+use std::io::SeekFrom;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use super::{ByteStream, ObjectMeta, ObjectWriter, Storage, StorageError};
+
+/// Read chunk size for blob streams.
+const READ_CHUNK: usize = 256 * 1024;
+/// Write buffer for streamed writes.
+const WRITE_BUFFER: usize = 1024 * 1024;
+const TMP_DIR: &str = ".tmp";
+
+/// Storage in a local directory.
+#[derive(Debug, Clone)]
+pub struct FsStorage {
+    root: PathBuf,
+}
+
+impl FsStorage {
+    /// Opens (and creates) a storage root. Leftover temporary files of a crashed run are removed.
+    pub fn open(root: impl Into<PathBuf>) -> std::io::Result<FsStorage> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        let tmp = root.join(TMP_DIR);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        Ok(FsStorage { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Maps a storage key to a path under the root, refusing anything that could leave it.
+    fn resolve(&self, key: &str) -> Result<PathBuf, StorageError> {
+        let ok = !key.is_empty()
+            && !key.contains('\0')
+            && !key.contains('\\')
+            && key
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && c != TMP_DIR);
+        if !ok {
+            return Err(StorageError::InvalidPath(key.to_owned()));
+        }
+        Ok(self.root.join(key))
+    }
+
+    /// Creates `dir` and its missing ancestors, fsyncing each parent that gained an entry, so a
+    /// new directory survives a crash.
+    async fn ensure_dir(&self, dir: &Path) -> Result<(), StorageError> {
+        if tokio::fs::metadata(dir).await.is_ok() {
+            return Ok(());
+        }
+        // Find the highest missing ancestor, then create downwards.
+        let mut missing = vec![dir.to_path_buf()];
+        let mut cur = dir.parent();
+        while let Some(p) = cur {
+            if p == self.root || tokio::fs::metadata(p).await.is_ok() {
+                break;
+            }
+            missing.push(p.to_path_buf());
+            cur = p.parent();
+        }
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| StorageError::io(dir.display().to_string(), e))?;
+        for d in missing.iter().rev() {
+            if let Some(parent) = d.parent() {
+                fsync_dir(parent).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&d).and_then(|f| f.sync_all()))
+        .await
+        .map_err(|e| StorageError::io(dir.display().to_string(), std::io::Error::other(e)))?
+        .map_err(|e| StorageError::io(dir.display().to_string(), e))
+}
+
+#[async_trait]
+impl Storage for FsStorage {
+    async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        let p = self.resolve(key)?;
+        match tokio::fs::read(&p).await {
+            Ok(v) => Ok(Bytes::from(v)),
+            // A directory where an object is expected reads as absent.
+            Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
+                Err(StorageError::NotFound(key.to_owned()))
+            }
+            Err(e) => Err(StorageError::io(key, e)),
+        }
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let p = self.resolve(key)?;
+        let tmp = self
+            .root
+            .join(TMP_DIR)
+            .join(uuid::Uuid::new_v4().to_string());
+        let write = async {
+            let mut f = tokio::fs::File::create(&tmp).await?;
+            f.write_all(&data).await?;
+            f.sync_all().await?;
+            Ok::<_, std::io::Error>(())
+        };
+        if let Err(e) = write.await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(StorageError::io(key, e));
+        }
+        let parent = p.parent().expect("resolved keys have a parent");
+        self.ensure_dir(parent).await?;
+        if let Err(e) = tokio::fs::rename(&tmp, &p).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(StorageError::io(key, e));
+        }
+        fsync_dir(parent).await
+    }
+
+    async fn stat(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        let p = self.resolve(key)?;
+        let m = tokio::fs::metadata(&p)
+            .await
+            .map_err(|e| StorageError::io(key, e))?;
+        Ok(ObjectMeta {
+            size: m.len(),
+            modified: m.modified().map_err(|e| StorageError::io(key, e))?,
+        })
+    }
+
+    async fn reader(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<ByteStream, StorageError> {
+        use tokio::io::AsyncReadExt;
+        let p = self.resolve(key)?;
+        let mut f = tokio::fs::File::open(&p)
+            .await
+            .map_err(|e| StorageError::io(key, e))?;
+        match range {
+            None => Ok(Box::pin(ReaderStream::with_capacity(f, READ_CHUNK))),
+            Some(r) => {
+                f.seek(SeekFrom::Start(r.start))
+                    .await
+                    .map_err(|e| StorageError::io(key, e))?;
+                let limited = f.take(r.end.saturating_sub(r.start));
+                Ok(Box::pin(ReaderStream::with_capacity(limited, READ_CHUNK)))
+            }
+        }
+    }
+
+    async fn list(&self, key: &str) -> Result<Vec<String>, StorageError> {
+        let p = self.resolve(key)?;
+        let mut rd = tokio::fs::read_dir(&p)
+            .await
+            .map_err(|e| StorageError::io(key, e))?;
+        let mut names = Vec::new();
+        while let Some(e) = rd
+            .next_entry()
+            .await
+            .map_err(|e| StorageError::io(key, e))?
+        {
+            if let Some(n) = e.file_name().to_str() {
+                names.push(n.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let p = self.resolve(key)?;
+        let r = match tokio::fs::symlink_metadata(&p).await {
+            Ok(m) if m.is_dir() => tokio::fs::remove_dir_all(&p).await,
+            Ok(_) => tokio::fs::remove_file(&p).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {
+                if let Some(parent) = p.parent() {
+                    fsync_dir(parent).await?;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io(key, e)),
+        }
+    }
+
+    async fn writer(&self, key: &str, append: bool) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let p = self.resolve(key)?;
+        let parent = p.parent().expect("resolved keys have a parent");
+        self.ensure_dir(parent).await?;
+        let mut opts = tokio::fs::OpenOptions::new();
+        opts.write(true).create(true);
+        if append {
+            opts.append(true);
+        } else {
+            opts.truncate(true);
+        }
+        let file = opts.open(&p).await.map_err(|e| StorageError::io(key, e))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| StorageError::io(key, e))?
+            .len();
+        Ok(Box::new(FsWriter {
+            key: key.to_owned(),
+            file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file),
+            size,
+        }))
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let src = self.resolve(from)?;
+        let dst = self.resolve(to)?;
+        let dst_parent = dst.parent().expect("resolved keys have a parent");
+        self.ensure_dir(dst_parent).await?;
+        tokio::fs::rename(&src, &dst)
+            .await
+            .map_err(|e| StorageError::io(from, e))?;
+        fsync_dir(dst_parent).await?;
+        if let Some(src_parent) = src.parent() {
+            fsync_dir(src_parent).await?;
+        }
+        Ok(())
+    }
+}
+
+struct FsWriter {
+    key: String,
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    size: u64,
+}
+
+#[async_trait]
+impl ObjectWriter for FsWriter {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
+        self.file
+            .write_all(&data)
+            .await
+            .map_err(|e| StorageError::io(self.key.clone(), e))?;
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<u64, StorageError> {
+        self.file
+            .flush()
+            .await
+            .map_err(|e| StorageError::io(self.key.clone(), e))?;
+        self.file
+            .get_ref()
+            .sync_data()
+            .await
+            .map_err(|e| StorageError::io(self.key.clone(), e))?;
+        Ok(self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::TryStreamExt;
+
+    #[tokio::test]
+    async fn put_get_list_range_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        s.put("a/b/c", Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
+        assert_eq!(&s.get("a/b/c").await.unwrap()[..], b"hello world");
+        assert_eq!(s.list("a").await.unwrap(), vec!["b"]);
+        let part: Vec<Bytes> = s
+            .reader("a/b/c", Some(6..11))
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(part.concat(), b"world");
+        let mut w = s.writer("a/up", false).await.unwrap();
+        w.write(Bytes::from_static(b"12")).await.unwrap();
+        assert_eq!(w.commit().await.unwrap(), 2);
+        let mut w = s.writer("a/up", true).await.unwrap();
+        assert_eq!(w.size(), 2);
+        w.write(Bytes::from_static(b"34")).await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(&s.get("a/up").await.unwrap()[..], b"1234");
+        s.rename("a/up", "z/moved").await.unwrap();
+        assert!(s.stat("a/up").await.unwrap_err().is_not_found());
+        s.delete("a").await.unwrap();
+        s.delete("a").await.unwrap();
+        assert!(s.get("a/b/c").await.unwrap_err().is_not_found());
+    }
+
+    #[tokio::test]
+    async fn refuses_escaping_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        for bad in ["../x", "a/../../x", "/etc/passwd", "a//b", ".tmp/x", ""] {
+            assert!(
+                matches!(s.get(bad).await, Err(StorageError::InvalidPath(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Storage: a small object-store-shaped trait and its implementations.
+//!
+//! Paths are `/`-separated keys relative to the storage root (`docker/registry/v2/...`, see
+//! [`layout`]). The trait asks for nothing an S3-compatible store lacks: whole-object `put` that is
+//! atomic, streamed writes that become visible only on `commit`, ranged reads, prefix listing,
+//! deletion of a prefix, and `rename` that makes the destination appear whole (copy + delete on an
+//! object store). Nothing above it relies on POSIX append or rename.
+
+pub mod fs;
+pub mod layout;
+
+use std::ops::Range;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use crate::error::StorageError;
+pub use fs::FsStorage;
+
+/// A stream of an object's bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// What `stat` tells about an object.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+/// A storage backend.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// The whole of a small object (links, manifests, timestamps).
+    async fn get(&self, path: &str) -> Result<Bytes, StorageError>;
+    /// Atomically and durably replaces an object with `data`: readers see the old or the new
+    /// content, never a mix, and after return it survives a crash.
+    async fn put(&self, path: &str, data: Bytes) -> Result<(), StorageError>;
+    async fn stat(&self, path: &str) -> Result<ObjectMeta, StorageError>;
+    /// A stream of the object's bytes, or of `range` of them.
+    async fn reader(
+        &self,
+        path: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<ByteStream, StorageError>;
+    /// The names of the direct children of `prefix` (objects and "directories"), sorted.
+    /// A prefix with nothing under it lists as `NotFound`.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// Deletes an object or everything under a prefix. Deleting nothing is not an error.
+    async fn delete(&self, path: &str) -> Result<(), StorageError>;
+    /// A writer for a resumable object: with `append`, writes continue after what a previous
+    /// writer committed. Data is durable once `commit` returns.
+    async fn writer(&self, path: &str, append: bool)
+        -> Result<Box<dyn ObjectWriter>, StorageError>;
+    /// Moves an object so that it appears whole at `to` (replacing what was there).
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError>;
+}
+
+/// A streamed write in progress (see [`Storage::writer`]).
+#[async_trait]
+pub trait ObjectWriter: Send {
+    /// Bytes in the object so far, committed and written.
+    fn size(&self) -> u64;
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError>;
+    /// Makes everything written durable and returns the object's size.
+    async fn commit(self: Box<Self>) -> Result<u64, StorageError>;
+}
