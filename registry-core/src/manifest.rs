@@ -89,7 +89,7 @@ fn check_descriptor(d: &Value, field: &str) -> Result<Digest, RegistryError> {
             "{field}: descriptor without a mediaType"
         )));
     }
-    if !d.get("size").is_some_and(|s| s.as_u64().is_some()) {
+    if d.get("size").and_then(Value::as_u64).is_none() {
         return Err(RegistryError::manifest_invalid(format!(
             "{field}: descriptor without a valid size"
         )));

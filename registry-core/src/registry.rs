@@ -576,39 +576,14 @@ impl Registry {
         }
     }
 
-    /// Every repository with manifests, sorted.
+    /// Every repository with manifests, sorted (the catalog).
     pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
-        let mut out = Vec::new();
-        let mut stack = vec![String::new()];
-        let root = layout::repositories_root();
-        while let Some(rel) = stack.pop() {
-            let path = if rel.is_empty() {
-                root.clone()
-            } else {
-                format!("{root}/{rel}")
-            };
-            let children = match self.storage.list(&path).await {
-                Ok(c) => c,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for c in children {
-                if c == "_manifests" {
-                    out.push(rel.clone());
-                } else if !c.starts_with('_') {
-                    let child = if rel.is_empty() {
-                        c
-                    } else {
-                        format!("{rel}/{c}")
-                    };
-                    if child.parse::<RepoName>().is_ok() {
-                        stack.push(child);
-                    }
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        Ok(self
+            .walk_repositories()
+            .await?
+            .into_iter()
+            .filter_map(|(name, has_manifests)| has_manifests.then_some(name))
+            .collect())
     }
 
     /// The manifests in `name` whose subject is `subject`, as an OCI image index; with
@@ -709,8 +684,20 @@ impl Registry {
         Ok(purged)
     }
 
-    /// Every repository directory (with manifests or only uploads/layers), sorted.
+    /// Every repository directory (with manifests, or only uploads or layers), sorted.
     pub(crate) async fn all_repository_dirs(&self) -> Result<Vec<String>, RegistryError> {
+        Ok(self
+            .walk_repositories()
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    /// Walks `repositories/`: a directory holding `_`-prefixed entries is a repository (with
+    /// manifests when one is `_manifests`, as Distribution decides); other children with valid
+    /// names are walked further, since repositories nest. Sorted by name.
+    async fn walk_repositories(&self) -> Result<Vec<(String, bool)>, RegistryError> {
         let mut out = Vec::new();
         let mut stack = vec![String::new()];
         let root = layout::repositories_root();
@@ -726,7 +713,7 @@ impl Registry {
                 Err(e) => return Err(e.into()),
             };
             if !rel.is_empty() && children.iter().any(|c| c.starts_with('_')) {
-                out.push(rel.clone());
+                out.push((rel.clone(), children.iter().any(|c| c == "_manifests")));
             }
             for c in children.into_iter().filter(|c| !c.starts_with('_')) {
                 let child = if rel.is_empty() {

@@ -226,7 +226,7 @@ fn parse_upload_id(s: &str) -> Result<UploadId, RegistryError> {
     s.parse().map_err(|_| RegistryError::upload_unknown())
 }
 
-fn header_str<'a>(req: &'a Request<Incoming>, name: HeaderName) -> Option<&'a str> {
+fn header_str(req: &Request<Incoming>, name: HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -503,12 +503,11 @@ fn set_link(resp: &mut Response<Body>, url: String) {
     }
 }
 
-/// Applies `n` and `last` to a sorted list. Returns the page and, when more follow, the
-/// `(n, last)` of the next page.
-fn paginate(
-    items: Vec<String>,
-    query: Option<&str>,
-) -> Result<(Vec<String>, Option<(usize, String)>), RegistryError> {
+/// One page of a listing, and the `(n, last)` of the next page when more follow.
+type Page = (Vec<String>, Option<(usize, String)>);
+
+/// Applies `n` and `last` to a sorted list.
+fn paginate(items: Vec<String>, query: Option<&str>) -> Result<Page, RegistryError> {
     let n = match query_param(query, "n") {
         None => None,
         Some(s) if s.is_empty() => None,

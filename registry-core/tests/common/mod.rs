@@ -94,6 +94,8 @@ pub struct BinServer {
     pub child: Child,
     /// `127.0.0.1:port`
     pub addr: String,
+    /// The metrics listener's address, when `--metrics-listen` was given.
+    pub metrics_addr: Option<String>,
 }
 
 impl BinServer {
@@ -112,20 +114,29 @@ impl BinServer {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut sent = false;
+            let addr_of = |line: &str| {
+                line.split("addr=")
+                    .nth(1)
+                    .and_then(|a| a.split_whitespace().next())
+                    .map(str::to_owned)
+            };
+            let mut metrics = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent && line.contains("registry-core listening") {
-                    if let Some(a) = line.split("addr=").nth(1) {
-                        let _ = tx.send(a.split_whitespace().next().unwrap_or("").to_owned());
-                        sent = true;
-                    }
+                if line.contains("metrics listening") {
+                    metrics = addr_of(&line);
+                } else if line.contains("registry-core listening") {
+                    let _ = tx.send((addr_of(&line).unwrap_or_default(), metrics.take()));
                 }
             }
         });
-        let addr = rx
+        let (addr, metrics_addr) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("registry-core did not report its address");
-        BinServer { child, addr }
+        BinServer {
+            child,
+            addr,
+            metrics_addr,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -192,8 +203,9 @@ pub fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// Writes an OCI image layout at `dir` with tag `tag`: one uncompressed tar layer per entry of
+/// Writes an OCI image layout at `dir` with tag `tag`: one gzip tar layer per entry of
 /// `layer_sizes`, each holding a file of that many random bytes. Returns the layer digests.
+/// (Gzip, because clients compress uncompressed layers on push, which would change digests.)
 pub fn make_oci_layout(dir: &Path, tag: &str, layer_sizes: &[usize]) -> Vec<String> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -206,9 +218,10 @@ pub fn make_oci_layout(dir: &Path, tag: &str, layer_sizes: &[usize]) -> Vec<Stri
     let mut diff_ids = Vec::new();
     for (i, n) in layer_sizes.iter().enumerate() {
         let t = tar_of(&[(&format!("file{i}.bin"), &random_bytes(*n))]);
-        let d = put(&t);
-        diff_ids.push(d.clone());
-        layers.push((d, t.len()));
+        diff_ids.push(sha256(&t));
+        let gz = gzip(&t);
+        let d = put(&gz);
+        layers.push((d, gz.len()));
     }
     let config = serde_json::json!({
         "architecture": "amd64",
@@ -223,7 +236,7 @@ pub fn make_oci_layout(dir: &Path, tag: &str, layer_sizes: &[usize]) -> Vec<Stri
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_d, "size": config.len()},
         "layers": layers.iter().map(|(d, n)| serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n
         })).collect::<Vec<_>>(),
     })
     .to_string();
@@ -239,6 +252,13 @@ pub fn make_oci_layout(dir: &Path, tag: &str, layer_sizes: &[usize]) -> Vec<Stri
     std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     layers.into_iter().map(|(d, _)| d).collect()
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
 }
 
 /// Asserts that every blob of layout `a` is in layout `b` with the same bytes.

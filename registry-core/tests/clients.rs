@@ -1,0 +1,438 @@
+//! Real clients against the `registry-core` binary: skopeo, podman, oras (Python), Debian's
+//! `docker-registry` (Distribution 2.8) on the same storage both ways, and kill -9 during a large
+//! upload. Each test skips (saying so) when its tool is missing, unless
+//! `REGISTRY_TESTS_REQUIRE_TOOLS=1`, as the README's test command sets.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{assert_same_blobs, have, make_oci_layout, random_bytes, run, sha256, BinServer};
+
+fn skopeo(args: &[&str]) -> String {
+    run(Command::new("skopeo").args(args))
+}
+
+fn push_layout(layout: &Path, tag: &str, dest: &str) {
+    skopeo(&[
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker://{dest}"),
+    ]);
+}
+
+fn pull_layout(src: &str, layout: &Path, tag: &str) {
+    skopeo(&[
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        &format!("docker://{src}"),
+        &format!("oci:{}:{tag}", layout.display()),
+    ]);
+}
+
+#[test]
+fn skopeo_push_pull_inspect_list_delete() {
+    if !have("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = BinServer::spawn(&dir.path().join("data"), &[]);
+    let img = dir.path().join("img");
+    make_oci_layout(&img, "v1", &[3 << 20, 1 << 20, 1000]);
+    let dest = format!("{}/skopeo/app:v1", s.addr);
+    push_layout(&img, "v1", &dest);
+    let out = dir.path().join("out");
+    pull_layout(&dest, &out, "v1");
+    assert_same_blobs(&img, &out);
+    let inspect: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{dest}"),
+    ]))
+    .unwrap();
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 3);
+    push_layout(&img, "v1", &format!("{}/skopeo/app:v2", s.addr));
+    let tags: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/skopeo/app", s.addr),
+    ]))
+    .unwrap();
+    assert_eq!(tags["Tags"], serde_json::json!(["v1", "v2"]));
+    skopeo(&["delete", "--tls-verify=false", &format!("docker://{dest}")]);
+    let gone = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", &format!("docker://{dest}")])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "inspect after delete should fail");
+}
+
+#[test]
+fn podman_push_and_pull() {
+    if !have("podman") || !have("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = BinServer::spawn(&dir.path().join("data"), &[]);
+    let img = dir.path().join("img");
+    make_oci_layout(&img, "v1", &[2 << 20]);
+    push_layout(&img, "v1", &format!("{}/pm/base:v1", s.addr));
+    let podman = |args: &[&str]| {
+        let root = dir.path().join("podman");
+        run(Command::new("podman")
+            .arg("--root")
+            .arg(root.join("root"))
+            .arg("--runroot")
+            .arg(root.join("run"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "none",
+            ])
+            .args(args))
+    };
+    podman(&[
+        "pull",
+        "-q",
+        "--tls-verify=false",
+        &format!("{}/pm/base:v1", s.addr),
+    ]);
+    podman(&[
+        "tag",
+        &format!("{}/pm/base:v1", s.addr),
+        &format!("{}/pm/pushed:v2", s.addr),
+    ]);
+    podman(&[
+        "push",
+        "-q",
+        "--tls-verify=false",
+        &format!("{}/pm/pushed:v2", s.addr),
+    ]);
+    // What podman pushed comes back with the same layer content.
+    let out = dir.path().join("out");
+    pull_layout(&format!("{}/pm/pushed:v2", s.addr), &out, "v2");
+    let cfg: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--config",
+        "--tls-verify=false",
+        &format!("docker://{}/pm/pushed:v2", s.addr),
+    ]))
+    .unwrap();
+    let orig: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--config",
+        "--tls-verify=false",
+        &format!("docker://{}/pm/base:v1", s.addr),
+    ]))
+    .unwrap();
+    assert_eq!(cfg["rootfs"], orig["rootfs"], "same layer diff ids");
+}
+
+#[test]
+fn oras_artifact_with_subject_and_referrers() {
+    if !have("skopeo") || !have("python3") {
+        return;
+    }
+    let has_oras = Command::new("python3")
+        .args(["-c", "import oras"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !has_oras {
+        if std::env::var("REGISTRY_TESTS_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("the oras Python package is required by this test but not installed");
+        }
+        eprintln!("SKIPPED: the oras Python package is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = BinServer::spawn(&dir.path().join("data"), &[]);
+    let img = dir.path().join("img");
+    make_oci_layout(&img, "v1", &[1000]);
+    push_layout(&img, "v1", &format!("{}/oras/app:v1", s.addr));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/oras_referrers.py");
+    let out = run(Command::new("python3")
+        .arg(script)
+        .args([&s.addr, "oras/app", "v1"]));
+    assert!(out.contains("oras: pushed"), "{out}");
+}
+
+/// Debian's `docker-registry` (Distribution 2.8) serving `root` until dropped.
+struct Distribution {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Distribution {
+    fn start(root: &Path, dir: &Path) -> Distribution {
+        // Distribution cannot bind port 0 and report it; reserve a port and hand it over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/registry-2.8-config.yml"),
+        )
+        .unwrap();
+        let cfg = template
+            .replace("@DATA_DIR@", &root.display().to_string())
+            .replace("@REGISTRY_ADDR@", &addr)
+            .replace("@RANDOM_SECRET@", &hex::encode(random_bytes(16)));
+        let cfg_path = dir.join("registry-2.8.yml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Distribution { child, addr }
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn distribution_2_8_layout_both_ways() {
+    if !have("skopeo") || !have("docker-registry") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    let img = dir.path().join("img");
+    make_oci_layout(&img, "v1", &[2 << 20, 5000]);
+    // Distribution writes, registry-core reads.
+    {
+        let d = Distribution::start(&root, dir.path());
+        push_layout(&img, "v1", &format!("{}/by/distribution:v1", d.addr));
+    }
+    let core = BinServer::spawn(&root, &[]);
+    let out = dir.path().join("out1");
+    pull_layout(&format!("{}/by/distribution:v1", core.addr), &out, "v1");
+    assert_same_blobs(&img, &out);
+    // registry-core writes, Distribution reads.
+    push_layout(&img, "v1", &format!("{}/by/core:v1", core.addr));
+    drop(core);
+    let d = Distribution::start(&root, dir.path());
+    let out = dir.path().join("out2");
+    pull_layout(&format!("{}/by/core:v1", d.addr), &out, "v1");
+    assert_same_blobs(&img, &out);
+    let tags = skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/by/core", d.addr),
+    ]);
+    assert!(tags.contains("v1"), "{tags}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_large_upload_then_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let total: usize = 96 << 20;
+    let data = random_bytes(total);
+    let d = sha256(&data);
+    let mut s = BinServer::spawn(&root, &[]);
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/v2/big/blobs/uploads/", s.url()))
+        .send()
+        .await
+        .unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    // An acknowledged first chunk.
+    let first = 32 << 20;
+    let r = c
+        .patch(format!("{}{loc}", s.url()))
+        .header("content-range", format!("0-{}", first - 1))
+        .body(data[..first].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // A second chunk streams in; the registry is killed in the middle of it.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let url = format!("{}{loc}", s.url());
+    let c2 = c.clone();
+    let pending = tokio::spawn(async move {
+        c2.patch(url)
+            .body(reqwest::Body::wrap_stream(tokio_stream(rx)))
+            .send()
+            .await
+    });
+    for chunk in data[first..first + (16 << 20)].chunks(1 << 20) {
+        tx.send(Ok(bytes::Bytes::copy_from_slice(chunk)))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.kill();
+    drop(tx);
+    // The interrupted request fails or not depending on timing; what matters is what follows.
+    let _ = pending.await;
+    // Nothing partial is visible, and the acknowledged bytes survived.
+    let s = BinServer::spawn(&root, &[]);
+    let r = c
+        .head(format!("{}/v2/big/blobs/{d}", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c.get(format!("{}{loc}", s.url())).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let range = r.headers()["range"].to_str().unwrap().to_owned();
+    let offset: usize = range.trim_start_matches("0-").parse::<usize>().unwrap() + 1;
+    assert!(
+        offset >= first && offset <= first + (16 << 20),
+        "offset {offset}"
+    );
+    // The client continues from where the registry says it is.
+    let r = c
+        .put(format!("{}{loc}?digest={d}", s.url()))
+        .header("content-range", format!("{offset}-{}", total - 1))
+        .body(data[offset..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let got = c
+        .get(format!("{}/v2/big/blobs/{d}", s.url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&got), d);
+}
+
+fn tokio_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The value of one sample line of a Prometheus text exposition, 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_on_their_own_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = BinServer::spawn(
+        &dir.path().join("data"),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let metrics_url = format!(
+        "http://{}/metrics",
+        s.metrics_addr.as_deref().expect("metrics address logged")
+    );
+    let c = reqwest::Client::new();
+    for _ in 0..3 {
+        assert_eq!(
+            c.get(format!("{}/v2/", s.url()))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let data = random_bytes(4096);
+    let d = sha256(&data);
+    let r = c
+        .post(format!("{}/v2/m/blobs/uploads/?digest={d}", s.url()))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .get(format!("{}/v2/m/blobs/{}", s.url(), sha256(b"none")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let text = c
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            r#"regcore_http_requests_total{code="200",method="GET",route="ping"}"#
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"regcore_http_requests_total{code="201",method="POST",route="blob_upload"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"regcore_http_requests_total{code="404",method="GET",route="blob"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"regcore_uploads_total{outcome="completed"}"#),
+        1.0
+    );
+    assert_eq!(sample(&text, "regcore_received_bytes_total"), 4096.0);
+    assert!(text.contains("regcore_http_request_duration_seconds_bucket"));
+    assert!(text.contains("regcore_storage_errors_total 0"));
+    // The metrics listener serves nothing else, and the API port serves no metrics.
+    assert_eq!(
+        c.get(format!("http://{}/v2/", s.metrics_addr.as_deref().unwrap()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.get(format!("{}/metrics", s.url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
