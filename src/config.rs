@@ -1,0 +1,540 @@
+//! Configuration: `proxy.toml` (serde schema, unknown keys refused), overridden key by key by
+//! `REGISTRY_EDGE_<SECTION>_<KEY>` environment variables, validated into [`Config`]. A bad value
+//! stops the start with a message naming the key and where it came from.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Prefix of the environment variables that override config keys.
+pub const ENV_PREFIX: &str = "REGISTRY_EDGE_";
+/// The config file the default start reads.
+pub const DEFAULT_CONFIG: &str = "proxy.toml";
+
+const SECTIONS: &[&str] = &["server", "tls", "auth", "upstream", "storage", "metrics"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    server: ServerSection,
+    tls: TlsSection,
+    auth: AuthSection,
+    upstream: UpstreamSection,
+    storage: StorageSection,
+    metrics: MetricsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServerSection {
+    listen: String,
+    threads: usize,
+    http2: bool,
+    idle_timeout: String,
+    drain_timeout: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "0.0.0.0:5000".into(),
+            threads: 2,
+            http2: true,
+            idle_timeout: "15m".into(),
+            drain_timeout: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TlsSection {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    self_signed: bool,
+    hosts: Vec<String>,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert: "certs/domain.crt".into(),
+            key: "certs/domain.key".into(),
+            ca: "certs/ca.crt".into(),
+            self_signed: true,
+            hosts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuthSection {
+    htpasswd: PathBuf,
+    realm: String,
+    first_user: String,
+    bcrypt_cost: u32,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            htpasswd: "auth/htpasswd".into(),
+            realm: "Registry Realm".into(),
+            first_user: "admin".into(),
+            bcrypt_cost: 10,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct UpstreamSection {
+    urls: Vec<String>,
+    connect_timeout: String,
+    read_timeout: String,
+    write_timeout: String,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        UpstreamSection {
+            urls: Vec::new(),
+            connect_timeout: "10s".into(),
+            read_timeout: "15m".into(),
+            write_timeout: "15m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StorageSection {
+    root: PathBuf,
+    delete_enabled: bool,
+    upload_purge_age: String,
+    gc_grace: String,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            root: "data".into(),
+            delete_enabled: true,
+            upload_purge_age: "168h".into(),
+            gc_grace: "1h".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MetricsSection {
+    listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: "127.0.0.1:5090".into(),
+        }
+    }
+}
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// registry-core in this process, reached over a Unix socket.
+    Embedded(registry_core::Config),
+    /// One or more Distribution-compatible registries, used in turn.
+    Urls(Vec<UpstreamUrl>),
+}
+
+/// An upstream registry's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// `host:port`
+    pub addr: String,
+    pub tls: bool,
+    /// Host name for SNI and certificate verification.
+    pub host: String,
+}
+
+/// The validated configuration of the edge.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub threads: usize,
+    pub http2: bool,
+    /// How long a client connection may sit idle (between requests, or within a slow transfer).
+    pub idle_timeout: Duration,
+    /// How long transfers in flight may take to finish after SIGTERM.
+    pub drain_timeout: Duration,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// Generate a self-signed certificate when `cert`/`key` are absent.
+    pub self_signed: bool,
+    /// Extra SANs (DNS names and IP addresses) for a generated certificate.
+    pub hosts: Vec<String>,
+    pub htpasswd: PathBuf,
+    pub realm: String,
+    /// When no htpasswd file exists, create it with this user and a random password.
+    pub first_user: Option<String>,
+    pub bcrypt_cost: u32,
+    pub upstream: Upstream,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Where `/metrics` is served; `None` turns it off.
+    pub metrics_listen: Option<String>,
+}
+
+/// A configuration error, naming the key and where the value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: `{key}`: {message}")]
+    Value {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// Parses an environment value as a TOML value (`true`, `3`, `["a"]`), else takes it as a string.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+impl Config {
+    /// Loads `path` (which may be absent only when `optional`) with overrides from `env`.
+    pub fn load(
+        path: &Path,
+        optional: bool,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: origin,
+                    source,
+                })
+            }
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+        let mut overridden = Vec::new();
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = SECTIONS
+                .iter()
+                .find_map(|s| rest.strip_prefix(&format!("{s}_")).map(|k| (*s, k)))
+            else {
+                return Err(ConfigError::Value {
+                    origin: "environment".into(),
+                    key: name,
+                    message: format!("unknown section; sections are {}", SECTIONS.join(", ")),
+                });
+            };
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = entry {
+                t.insert(key.to_owned(), env_value(&raw));
+            }
+            overridden.push(name);
+        }
+        let origin = if overridden.is_empty() {
+            origin
+        } else {
+            format!("{origin} with {}", overridden.join(", "))
+        };
+        // Round-trip through text so serde errors name the key.
+        let merged = toml::to_string(&table).map_err(|e| ConfigError::Parse {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+        let file: FileConfig = toml::from_str(&merged).map_err(|e| ConfigError::Parse {
+            origin: origin.clone(),
+            message: e.message().to_owned()
+                + &e.span()
+                    .and_then(|s| key_at(&merged, s.start))
+                    .map(|k| format!(" (key `{k}`)"))
+                    .unwrap_or_default(),
+        })?;
+        Self::validate(file, &origin)
+    }
+
+    fn validate(f: FileConfig, origin: &str) -> Result<Config, ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Value {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let duration = |key: &str, v: &str| {
+            humantime::parse_duration(v).map_err(|e| {
+                bad(
+                    key,
+                    format!("{v:?} is not a duration like \"30s\" or \"15m\": {e}"),
+                )
+            })
+        };
+        if f.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "server.listen",
+                format!(
+                    "{:?} is not an address like \"0.0.0.0:5000\"",
+                    f.server.listen
+                ),
+            ));
+        }
+        if f.server.threads == 0 || f.server.threads > 1024 {
+            return Err(bad("server.threads", "must be between 1 and 1024".into()));
+        }
+        if !(4..=31).contains(&f.auth.bcrypt_cost) {
+            return Err(bad("auth.bcrypt_cost", "must be between 4 and 31".into()));
+        }
+        if f.auth.realm.is_empty() || f.auth.realm.contains('"') {
+            return Err(bad(
+                "auth.realm",
+                "must be non-empty and contain no '\"'".into(),
+            ));
+        }
+        let first_user = match f.auth.first_user.as_str() {
+            "" => None,
+            u if u.contains(':') || u.chars().any(char::is_whitespace) => {
+                return Err(bad(
+                    "auth.first_user",
+                    "must contain no ':' or whitespace".into(),
+                ))
+            }
+            u => Some(u.to_owned()),
+        };
+        for h in &f.tls.hosts {
+            if h.is_empty() || h.contains(char::is_whitespace) {
+                return Err(bad(
+                    "tls.hosts",
+                    format!("{h:?} is not a DNS name or IP address"),
+                ));
+            }
+        }
+        let metrics_listen = match f.metrics.listen.as_str() {
+            "" => None,
+            a if a.parse::<std::net::SocketAddr>().is_ok() => Some(a.to_owned()),
+            a => {
+                return Err(bad(
+                    "metrics.listen",
+                    format!("{a:?} is not an address like \"127.0.0.1:5090\""),
+                ))
+            }
+        };
+        let upstream = if f.upstream.urls.is_empty() {
+            let mut core = registry_core::Config {
+                root: f.storage.root.clone(),
+                delete_enabled: f.storage.delete_enabled,
+                ..Default::default()
+            };
+            core.upload_purge_age =
+                duration("storage.upload_purge_age", &f.storage.upload_purge_age)?;
+            core.gc_grace = duration("storage.gc_grace", &f.storage.gc_grace)?;
+            // The socket is chosen at start (see `crate::run`).
+            core.listen = String::new();
+            core.metrics_listen = None;
+            Upstream::Embedded(core)
+        } else {
+            let mut urls = Vec::new();
+            for u in &f.upstream.urls {
+                urls.push(parse_url(u).map_err(|m| bad("upstream.urls", format!("{u:?}: {m}")))?);
+            }
+            Upstream::Urls(urls)
+        };
+        Ok(Config {
+            listen: f.server.listen,
+            threads: f.server.threads,
+            http2: f.server.http2,
+            idle_timeout: duration("server.idle_timeout", &f.server.idle_timeout)?,
+            drain_timeout: duration("server.drain_timeout", &f.server.drain_timeout)?,
+            cert: f.tls.cert,
+            key: f.tls.key,
+            ca: f.tls.ca,
+            self_signed: f.tls.self_signed,
+            hosts: f.tls.hosts,
+            htpasswd: f.auth.htpasswd,
+            realm: f.auth.realm,
+            first_user,
+            bcrypt_cost: f.auth.bcrypt_cost,
+            upstream,
+            connect_timeout: duration("upstream.connect_timeout", &f.upstream.connect_timeout)?,
+            read_timeout: duration("upstream.read_timeout", &f.upstream.read_timeout)?,
+            write_timeout: duration("upstream.write_timeout", &f.upstream.write_timeout)?,
+            metrics_listen,
+        })
+    }
+}
+
+/// The dotted key whose value starts at byte `pos` of TOML `text` written by `toml::to_string`.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let mut section = String::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t.trim_matches(|c| c == '[' || c == ']').to_owned();
+        }
+        if pos >= offset && pos < offset + line.len() {
+            let key = t.split('=').next()?.trim().to_owned();
+            if key.starts_with('[') {
+                return None;
+            }
+            return Some(if section.is_empty() {
+                key
+            } else {
+                format!("{section}.{key}")
+            });
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Parses `http://host:port` or `https://host[:port]` (a path is not allowed).
+pub fn parse_url(u: &str) -> Result<UpstreamUrl, String> {
+    let (tls, rest) = if let Some(r) = u.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = u.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err("must start with http:// or https://".into());
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+        return Err("must be scheme://host[:port] with no path or credentials".into());
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
+            Ok(p) => (h.to_owned(), p),
+            Err(_) => return Err(format!("bad port {p:?}")),
+        },
+        _ => (rest.to_owned(), if tls { 443 } else { 80 }),
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    Ok(UpstreamUrl {
+        addr: format!("{host}:{port}"),
+        tls,
+        host: host.trim_matches(|c| c == '[' || c == ']').to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("proxy.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(
+            &p,
+            false,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:5000");
+        assert!(matches!(c.upstream, Upstream::Embedded(_)));
+        let c = load(
+            "[server]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("REGISTRY_EDGE_SERVER_LISTEN", "127.0.0.1:2"),
+                ("REGISTRY_EDGE_STORAGE_DELETE_ENABLED", "false"),
+                ("REGISTRY_EDGE_UPSTREAM_URLS", "[\"http://127.0.0.1:5000\"]"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2");
+        assert_eq!(
+            match c.upstream {
+                Upstream::Urls(u) => u,
+                _ => panic!(),
+            },
+            vec![UpstreamUrl {
+                addr: "127.0.0.1:5000".into(),
+                tls: false,
+                host: "127.0.0.1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load("[server]\nthreads = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("threads"), "{e}");
+        let e = load("[server]\nlisten = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.listen"), "{e}");
+        let e = load("[tls]\nbogus = 1\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = load("", &[("REGISTRY_EDGE_SERVER_IDLE_TIMEOUT", "forever")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.idle_timeout") && e.contains("REGISTRY_EDGE_SERVER_IDLE_TIMEOUT"),
+            "{e}"
+        );
+        let e = load("", &[("REGISTRY_EDGE_STORAGE_DELETE_ENABLED", "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delete_enabled"), "{e}");
+        let e = load("", &[("REGISTRY_EDGE_NOPE_X", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("REGISTRY_EDGE_NOPE_X"), "{e}");
+        let e = load("[upstream]\nurls = [\"ftp://x\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream.urls"), "{e}");
+        let e = load("[server\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("proxy.toml"), "{e}");
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("https://reg.example.com").unwrap().addr,
+            "reg.example.com:443"
+        );
+        assert!(parse_url("http://h:99999").is_err());
+        assert!(parse_url("http://h/path").is_err());
+        assert!(parse_url("http://u:p@h").is_err());
+    }
+}

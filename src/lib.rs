@@ -1,0 +1,299 @@
+//! registry-edge: an HTTPS + basic-auth edge for container registries, built on pingora, that runs
+//! registry-core in-process by default or fronts any Distribution-compatible registry.
+//!
+//! How the modules fit:
+//!
+//! - [`config`]: `proxy.toml` + `REGISTRY_EDGE_*` overrides into a validated [`config::Config`].
+//! - [`tls`]: certificate loading and validation, the swappable certificate resolver, and the
+//!   self-signed certificate (with its `ca.crt`) generated for the one-command start.
+//! - [`auth`]: htpasswd (bcrypt) parsing, first-user creation, and the cached verifier.
+//! - [`proxy`]: the pingora `ProxyHttp` implementation: auth, upstream choice, forwarding headers,
+//!   the API-version header, and the JSON error answers.
+//! - [`metrics`]: `regedge_*` Prometheus metrics, served with the core's `regcore_*` ones.
+//! - [`run`] (here): checks every file first, then starts pingora with the TLS listener, the
+//!   embedded registry-core (a background service on a Unix socket) and the metrics listener.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod tls;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use pingora::services::ServiceReadyNotifier;
+
+use crate::auth::{Authenticator, Htpasswd};
+use crate::config::{Config, Upstream};
+use crate::proxy::{Edge, Timeouts, Upstreams};
+use crate::tls::CertStore;
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open storage at {path}: {source}")]
+    Storage {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What `prepare` made ready: the certificate and the users.
+pub struct Prepared {
+    pub certs: Arc<CertStore>,
+    pub auth: Arc<Authenticator>,
+}
+
+/// Loads (or, for the one-command start, creates) the certificate and the htpasswd file.
+pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    let (cert_exists, key_exists) = (config.cert.exists(), config.key.exists());
+    if !cert_exists && !key_exists && config.self_signed {
+        let g = tls::generate_self_signed(&config.cert, &config.key, &config.ca, &config.hosts)?;
+        tracing::warn!(
+            cert = %g.cert.display(),
+            ca = %g.ca.display(),
+            names = %g.names.join(","),
+            "generated a self-signed certificate; clients must trust {}: copy it to /etc/docker/certs.d/<host:port>/ca.crt (Docker) or /etc/containers/certs.d/<host:port>/ca.crt (podman, skopeo)",
+            g.ca.display()
+        );
+    }
+    let certs = Arc::new(CertStore::new(tls::load_certified_key(
+        &config.cert,
+        &config.key,
+    )?));
+    if !config.htpasswd.exists() {
+        if let Some(user) = &config.first_user {
+            let password = auth::create_first_user(&config.htpasswd, user, config.bcrypt_cost)?;
+            tracing::warn!(file = %config.htpasswd.display(), user = %user, "created the htpasswd file with a first user");
+            // Printed once, on stdout, so it can be captured; it is stored only as a bcrypt hash.
+            println!(
+                "registry-edge: first user created in {}",
+                config.htpasswd.display()
+            );
+            println!("  username: {user}");
+            println!("  password: {password}");
+        }
+    }
+    let users = Htpasswd::load(&config.htpasswd)?;
+    metrics::HTPASSWD_USERS.set(users.len() as i64);
+    Ok(Prepared {
+        certs,
+        auth: Arc::new(Authenticator::new(users)),
+    })
+}
+
+/// registry-core serving on a Unix socket inside the edge's process.
+struct CoreService {
+    listener: Mutex<Option<std::os::unix::net::UnixListener>>,
+    socket: PathBuf,
+    config: registry_core::Config,
+    registry: Arc<registry_core::Registry>,
+    drain: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for CoreService {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let Some(std_listener) = self.listener.lock().expect("listener lock").take() else {
+            return;
+        };
+        let listener = match tokio::net::UnixListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "embedded registry-core cannot use its socket");
+                return;
+            }
+        };
+        ready.notify_ready();
+        let purger = registry_core::spawn_upload_purger(self.registry.clone(), &self.config);
+        let drain = self.drain;
+        let result = registry_core::serve(
+            registry_core::Listener::Unix(listener, self.socket.clone()),
+            self.registry.clone(),
+            async move {
+                let _ = shutdown.changed().await;
+                // The proxy drains its transfers first; keep serving them meanwhile.
+                tokio::time::sleep(drain).await;
+            },
+        )
+        .await;
+        purger.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        if let Err(e) = result {
+            tracing::error!(error = %e, "embedded registry-core stopped");
+        }
+    }
+}
+
+/// `/metrics` on its own listener.
+struct MetricsService {
+    listener: Mutex<Option<std::net::TcpListener>>,
+}
+
+#[async_trait]
+impl BackgroundService for MetricsService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(l) = self.listener.lock().expect("listener lock").take() else {
+            return;
+        };
+        let l = match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "metrics listener failed");
+                return;
+            }
+        };
+        let _ = registry_core::serve_metrics(l, async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    }
+}
+
+/// Logs readiness once the services it depends on are up.
+struct ReadyLog(String);
+
+#[async_trait]
+impl BackgroundService for ReadyLog {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        tracing::info!(addr = %self.0, "registry-edge ready");
+    }
+}
+
+/// A Unix socket path for the embedded core, unique to this process.
+fn socket_path() -> PathBuf {
+    let mut n = [0u8; 6];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut n);
+    std::env::temp_dir().join(format!(
+        "registry-edge-{}-{}.sock",
+        std::process::id(),
+        hex::encode(n)
+    ))
+}
+
+/// Runs the edge until `args.shutdown_signal` fires (SIGTERM by default): every file is checked
+/// before anything listens, then pingora serves until shutdown and transfers drain.
+pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
+    metrics::init();
+    let prepared = prepare(&config)?;
+    let listen_err = |addr: &str| {
+        let addr = addr.to_owned();
+        move |source| StartError::Listen { addr, source }
+    };
+    // Fail early and clearly if the port is taken (pingora would exit with a terse log line).
+    drop(std::net::TcpListener::bind(&config.listen).map_err(listen_err(&config.listen))?);
+
+    let drain = config.drain_timeout;
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(drain.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut dependencies = Vec::new();
+    let upstreams = match &config.upstream {
+        Upstream::Embedded(core_config) => {
+            let socket = socket_path();
+            let registry =
+                registry_core::open(core_config).map_err(|source| StartError::Storage {
+                    path: core_config.root.clone(),
+                    source,
+                })?;
+            let listener = std::os::unix::net::UnixListener::bind(&socket)
+                .map_err(listen_err(&socket.display().to_string()))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(listen_err(&socket.display().to_string()))?;
+            tracing::info!(root = %core_config.root.display(), delete = core_config.delete_enabled, "embedded registry-core");
+            let core = CoreService {
+                listener: Mutex::new(Some(listener)),
+                socket: socket.clone(),
+                config: core_config.clone(),
+                registry,
+                drain: drain + Duration::from_secs(1),
+            };
+            dependencies.push(server.add_service(background_service("registry-core", core)));
+            Upstreams::Socket(socket)
+        }
+        Upstream::Urls(urls) => Upstreams::urls(urls.clone()),
+    };
+    if let Some(addr) = &config.metrics_listen {
+        let l = std::net::TcpListener::bind(addr).map_err(listen_err(addr))?;
+        l.set_nonblocking(true).map_err(listen_err(addr))?;
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");
+        server.add_service(background_service(
+            "metrics",
+            MetricsService {
+                listener: Mutex::new(Some(l)),
+            },
+        ));
+    }
+
+    let edge = Edge {
+        auth: prepared.auth.clone(),
+        realm: config.realm.clone(),
+        upstreams,
+        timeouts: Timeouts {
+            client_idle: config.idle_timeout,
+            connect: config.connect_timeout,
+            upstream_read: config.read_timeout,
+            upstream_write: config.write_timeout,
+        },
+    };
+    let conf = server.configuration.clone();
+    let mut proxy = pingora::proxy::http_proxy(&conf, edge);
+    // The default 64 KiB h2 windows make uploads over HTTP/2 several times slower.
+    let mut h2 = pingora::protocols::http::v2::server::H2Options::new();
+    h2.initial_window_size(8 * 1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .max_frame_size(1024 * 1024);
+    proxy.h2_options = Some(h2);
+    let mut service = Service::new("registry-edge".to_owned(), proxy);
+    let mut tls_settings = TlsSettings::intermediate(
+        &config.cert.display().to_string(),
+        &config.key.display().to_string(),
+    )
+    .expect("TlsSettings::intermediate only stores the paths");
+    tls_settings.set_cert_resolver(prepared.certs.clone());
+    if config.http2 {
+        tls_settings.enable_h2();
+    }
+    service.add_tls_with_settings(&config.listen, None, tls_settings);
+    let proxy_handle = server.add_service(service);
+    proxy_handle.add_dependencies(dependencies.iter());
+    let ready = server.add_service(background_service("ready", ReadyLog(config.listen.clone())));
+    ready.add_dependency(&proxy_handle);
+
+    tracing::info!(listen = %config.listen, "registry-edge starting");
+    server.run(args);
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! The edge's Prometheus metrics, prefix `regedge_`, in the `prometheus` crate's default registry
+//! (beside the embedded core's `regcore_` metrics), served on their own listener. Labels take only
+//! bounded values: route classes, methods, status codes, results.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+};
+
+macro_rules! metric {
+    ($name:ident: $t:ty = $e:expr) => {
+        pub static $name: LazyLock<$t> = LazyLock::new(|| $e.expect("metric registers once"));
+    };
+}
+
+metric!(REQUESTS: IntCounterVec = register_int_counter_vec!(
+    "regedge_http_requests_total",
+    "Requests answered, by route class, method and status code.",
+    &["route", "method", "code"]
+));
+metric!(DURATION: HistogramVec = register_histogram_vec!(
+    "regedge_http_request_duration_seconds",
+    "Time from request to the end of the response, by route class and method.",
+    &["route", "method"],
+    vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0]
+));
+metric!(IN_FLIGHT: IntGauge = register_int_gauge!(
+    "regedge_http_requests_in_flight",
+    "Requests being served right now."
+));
+metric!(REQUEST_BYTES: IntCounterVec = register_int_counter_vec!(
+    "regedge_http_request_body_bytes_total",
+    "Request body bytes received from clients, by route class.",
+    &["route"]
+));
+metric!(RESPONSE_BYTES: IntCounterVec = register_int_counter_vec!(
+    "regedge_http_response_body_bytes_total",
+    "Response body bytes sent to clients, by route class.",
+    &["route"]
+));
+metric!(AUTH: IntCounterVec = register_int_counter_vec!(
+    "regedge_auth_attempts_total",
+    "Authentication attempts by result: ok, missing, malformed, invalid.",
+    &["result"]
+));
+metric!(AUTH_CACHE: IntCounterVec = register_int_counter_vec!(
+    "regedge_auth_cache_lookups_total",
+    "Credential cache lookups for well-formed credentials: hit or miss (a miss runs bcrypt).",
+    &["result"]
+));
+metric!(UPSTREAM_ERRORS: IntCounterVec = register_int_counter_vec!(
+    "regedge_upstream_errors_total",
+    "Failures talking to the upstream registry, by kind: connect, timeout, other.",
+    &["kind"]
+));
+metric!(BUILD_INFO: IntGaugeVec = register_int_gauge_vec!(
+    "regedge_build_info",
+    "Always 1; the labels tell the version.",
+    &["version"]
+));
+metric!(HTPASSWD_USERS: IntGauge = register_int_gauge!(
+    "regedge_htpasswd_users",
+    "Users in the loaded htpasswd file."
+));
+metric!(CONFIG_RELOADS: IntCounter = register_int_counter!(
+    "regedge_reloads_total",
+    "Certificate or htpasswd reloads that took effect."
+));
+
+/// Registers every metric now, so a scrape shows them before the first request.
+pub fn init() {
+    BUILD_INFO
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&DURATION);
+    LazyLock::force(&IN_FLIGHT);
+    LazyLock::force(&REQUEST_BYTES);
+    LazyLock::force(&RESPONSE_BYTES);
+    for r in ["ok", "missing", "malformed", "invalid"] {
+        AUTH.with_label_values(&[r]);
+    }
+    for r in ["hit", "miss"] {
+        AUTH_CACHE.with_label_values(&[r]);
+    }
+    for k in ["connect", "timeout", "other"] {
+        UPSTREAM_ERRORS.with_label_values(&[k]);
+    }
+    LazyLock::force(&HTPASSWD_USERS);
+    LazyLock::force(&CONFIG_RELOADS);
+    registry_core::metrics::init();
+}
+
+/// The route class of a request path (the metric label).
+pub fn route_class(path: &str) -> &'static str {
+    match registry_core::routes::parse(path) {
+        Some(r) => r.class(),
+        None => "other",
+    }
+}

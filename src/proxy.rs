@@ -1,0 +1,437 @@
+//! The `ProxyHttp` implementation: authentication in `request_filter`, upstream choice,
+//! forwarding headers, the API-version header on every `/v2/` answer, and the JSON error bodies
+//! of the edge's own answers (401, 404, 502/503/504).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::auth::{Authenticator, CacheUse, Denied};
+use crate::config::UpstreamUrl;
+use crate::metrics;
+
+/// How long an upstream that refused a connection is passed over.
+const UPSTREAM_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// Where requests are forwarded.
+pub enum Upstreams {
+    /// The embedded registry-core's Unix socket.
+    Socket(PathBuf),
+    /// Registries used in turn; one that refuses connections is passed over for a while.
+    Urls {
+        list: Vec<UpstreamUrl>,
+        next: AtomicUsize,
+        /// Per upstream: unix-millis until which it is considered down.
+        down_until: Vec<AtomicU64>,
+    },
+}
+
+impl Upstreams {
+    pub fn urls(list: Vec<UpstreamUrl>) -> Upstreams {
+        let down_until = list.iter().map(|_| AtomicU64::new(0)).collect();
+        Upstreams::Urls {
+            list,
+            next: AtomicUsize::new(0),
+            down_until,
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Upstreams::Socket(_) => 1,
+            Upstreams::Urls { list, .. } => list.len(),
+        }
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Timeouts applied to each request.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub client_idle: Duration,
+    pub connect: Duration,
+    pub upstream_read: Duration,
+    pub upstream_write: Duration,
+}
+
+/// The edge.
+pub struct Edge {
+    pub auth: Arc<Authenticator>,
+    pub realm: String,
+    pub upstreams: Upstreams,
+    pub timeouts: Timeouts,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    route: &'static str,
+    user: Option<String>,
+    /// The final status sent (recorded here: after a `100 Continue` pingora reports 100).
+    status: u16,
+    /// Upstream index of the current attempt, and attempts so far.
+    upstream: usize,
+    tries: usize,
+    counted: bool,
+}
+
+/// The registry's JSON error body.
+pub fn error_body(code: &str, message: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({ "errors": [{ "code": code, "message": message, "detail": null }] })
+            .to_string(),
+    )
+}
+
+fn is_api(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Whether the request carries a body the edge did not read.
+fn has_body(req: &RequestHeader) -> bool {
+    let cl = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    cl.is_some_and(|n| n > 0) || req.headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+impl Edge {
+    /// Answers with an error of the registry's shape.
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        code: &str,
+        message: &str,
+        challenge: bool,
+    ) -> Result<()> {
+        let body = error_body(code, message);
+        let mut h = ResponseHeader::build(status, Some(5))?;
+        h.insert_header("Content-Type", "application/json")?;
+        h.insert_header("Content-Length", body.len().to_string())?;
+        h.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
+        if challenge {
+            h.insert_header(
+                "WWW-Authenticate",
+                format!("Basic realm=\"{}\"", self.realm),
+            )?;
+        }
+        if has_body(session.req_header()) {
+            // The body was not read (with `Expect: 100-continue` it was never sent): the
+            // connection cannot carry another request.
+            session.set_keepalive(None);
+        }
+        ctx.status = status;
+        let head = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(h), head).await?;
+        if !head {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    fn pick(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let mut peer = match &self.upstreams {
+            Upstreams::Socket(path) => {
+                let p = path.to_str().ok_or_else(|| {
+                    Error::explain(ErrorType::InternalError, "socket path is not UTF-8")
+                })?;
+                HttpPeer::new_uds(p, false, String::new())?
+            }
+            Upstreams::Urls {
+                list,
+                next,
+                down_until,
+            } => {
+                let now = now_millis();
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                // Prefer an upstream that is not cooling down; else take the next in turn.
+                let i = (0..list.len())
+                    .map(|k| (start + k) % list.len())
+                    .find(|&i| down_until[i].load(Ordering::Relaxed) <= now)
+                    .unwrap_or(start % list.len());
+                ctx.upstream = i;
+                let u = &list[i];
+                HttpPeer::new(u.addr.as_str(), u.tls, u.host.clone())
+            }
+        };
+        let t = self.timeouts;
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.read_timeout = Some(t.upstream_read);
+        peer.options.write_timeout = Some(t.upstream_write);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            route: "other",
+            user: None,
+            status: 0,
+            upstream: 0,
+            tries: 0,
+            counted: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        metrics::IN_FLIGHT.inc();
+        ctx.counted = true;
+        let idle = self.timeouts.client_idle;
+        session.set_read_timeout(Some(idle));
+        session.set_write_timeout(Some(idle));
+        session.set_keepalive(Some(idle.as_secs()));
+        let path = session.req_header().uri.path().to_owned();
+        ctx.route = metrics::route_class(&path);
+        if !is_api(&path) {
+            self.respond(
+                session,
+                ctx,
+                404,
+                "NOT_FOUND",
+                "only /v2/ is served here",
+                false,
+            )
+            .await?;
+            return Ok(true);
+        }
+        let header = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let (result, cache) = self.auth.verify(header.as_deref()).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(Denied::Missing) => "missing",
+            Err(Denied::Malformed) => "malformed",
+            Err(Denied::Invalid) => "invalid",
+        };
+        metrics::AUTH.with_label_values(&[outcome]).inc();
+        if !matches!(result, Err(Denied::Missing) | Err(Denied::Malformed)) {
+            let c = if cache == CacheUse::Hit {
+                "hit"
+            } else {
+                "miss"
+            };
+            metrics::AUTH_CACHE.with_label_values(&[c]).inc();
+        }
+        match result {
+            Ok(user) => {
+                ctx.user = Some(user.0);
+                Ok(false)
+            }
+            Err(d) => {
+                let message = match d {
+                    Denied::Missing => "authentication required",
+                    Denied::Malformed => {
+                        "malformed Authorization header: Basic credentials expected"
+                    }
+                    Denied::Invalid => "invalid username or password",
+                };
+                self.respond(session, ctx, 401, "UNAUTHORIZED", message, true)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        ctx.tries += 1;
+        self.pick(ctx)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        metrics::UPSTREAM_ERRORS
+            .with_label_values(&["connect"])
+            .inc();
+        if let Upstreams::Urls { down_until, .. } = &self.upstreams {
+            down_until[ctx.upstream].store(
+                now_millis() + UPSTREAM_COOLDOWN.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+        }
+        // Nothing was sent yet: another upstream may take the request.
+        if ctx.tries < self.upstreams.count() {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // HTTP/2 requests carry an absolute URI and no Host header: forward origin-form with Host.
+        if let Some(authority) = upstream.uri.authority().map(|a| a.to_string()) {
+            if !upstream.headers.contains_key(http::header::HOST) {
+                upstream.insert_header(http::header::HOST, authority)?;
+            }
+        }
+        if upstream.uri.scheme().is_some() {
+            let pq = upstream
+                .uri
+                .path_and_query()
+                .map_or("/".to_owned(), |p| p.as_str().to_owned());
+            upstream
+                .set_uri(pq.parse().map_err(|_| {
+                    Error::explain(ErrorType::InvalidHTTPHeader, "bad request URI")
+                })?);
+        }
+        upstream.insert_header("X-Forwarded-Proto", "https")?;
+        if let Some(ip) = client_ip(session) {
+            let ip = ip.to_string();
+            let xff = match upstream
+                .headers
+                .get("X-Forwarded-For")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+                _ => ip.clone(),
+            };
+            upstream.insert_header("X-Forwarded-For", xff)?;
+            upstream.insert_header("X-Real-IP", ip)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if !resp.status.is_informational() {
+            ctx.status = resp.status.as_u16();
+        }
+        if is_api(session.req_header().uri.path()) {
+            resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        use ErrorType::*;
+        let (code, kind, message) = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(c)) => (*c, None, "request refused"),
+            (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+                (504, Some("timeout"), "the registry did not answer in time")
+            }
+            (
+                ErrorSource::Upstream,
+                ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError,
+            ) => (503, Some("connect"), "the registry is unavailable"),
+            (ErrorSource::Upstream, _) => (502, Some("other"), "bad answer from the registry"),
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => (0, None, ""),
+            (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => (0, None, ""),
+            (ErrorSource::Downstream, _) => (400, None, "bad request"),
+            _ => (500, None, "internal error"),
+        };
+        if let Some(k) = kind {
+            // Connect failures were counted in fail_to_connect.
+            if k != "connect" {
+                metrics::UPSTREAM_ERRORS.with_label_values(&[k]).inc();
+            }
+        }
+        if code > 0 && session.response_written().is_none() {
+            let errcode = match code {
+                400 => "BAD_REQUEST",
+                502..=504 => "UNAVAILABLE",
+                _ => "UNKNOWN",
+            };
+            if let Err(we) = self
+                .respond(session, ctx, code, errcode, message, false)
+                .await
+            {
+                tracing::debug!(error = %we, "could not send the error answer");
+            }
+        }
+        if code > 0 && ctx.status == 0 {
+            ctx.status = code;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if !ctx.counted {
+            // Never reached request_filter (e.g. a malformed request): nothing to account.
+            return;
+        }
+        metrics::IN_FLIGHT.dec();
+        let req = session.req_header();
+        let method = req.method.as_str().to_owned();
+        let path = req.uri.path().to_owned();
+        let status = if ctx.status != 0 {
+            ctx.status
+        } else {
+            session.response_written().map_or(0, |r| r.status.as_u16())
+        };
+        let elapsed = ctx.start.elapsed();
+        let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
+        metrics::REQUESTS
+            .with_label_values(&[ctx.route, &method, &status.to_string()])
+            .inc();
+        metrics::DURATION
+            .with_label_values(&[ctx.route, &method])
+            .observe(elapsed.as_secs_f64());
+        metrics::REQUEST_BYTES
+            .with_label_values(&[ctx.route])
+            .inc_by(bytes_in as u64);
+        metrics::RESPONSE_BYTES
+            .with_label_values(&[ctx.route])
+            .inc_by(bytes_out as u64);
+        tracing::info!(
+            target: "access",
+            method = %method,
+            path = %path,
+            status,
+            bytes_in,
+            bytes_out,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            user = ctx.user.as_deref().unwrap_or("-"),
+            client = %client_ip(session).map_or("-".to_owned(), |ip| ip.to_string()),
+            error = e.map(|e| e.to_string()),
+        );
+    }
+}
