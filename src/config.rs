@@ -538,3 +538,19 @@ mod tests {
         assert!(parse_url("http://u:p@h").is_err());
     }
 }
+
+#[cfg(test)]
+mod shipped_config {
+    use super::*;
+
+    /// The top-level proxy.toml parses and says exactly what the built-in defaults say.
+    #[test]
+    fn proxy_toml_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
+        let shipped = Config::load(&path, false, std::iter::empty()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let defaults =
+            Config::load(&dir.path().join("absent.toml"), true, std::iter::empty()).unwrap();
+        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+}

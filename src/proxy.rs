@@ -372,6 +372,9 @@ impl ProxyHttp for Edge {
             }
         }
         if code > 0 && session.response_written().is_none() {
+            // pingora closes the connection after a failed proxy attempt: say so, or the client
+            // reuses a dead connection.
+            session.set_keepalive(None);
             let errcode = match code {
                 400 => "BAD_REQUEST",
                 502..=504 => "UNAVAILABLE",

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{assert_same_blobs, have, make_oci_layout, random_bytes, run, sha256, BinServer};
+use common::{
+    assert_same_blobs, have, make_oci_layout, random_bytes, run, sha256, BinServer, Distribution,
+};
 
 fn skopeo(args: &[&str]) -> String {
     run(Command::new("skopeo").args(args))
@@ -163,57 +165,6 @@ fn oras_artifact_with_subject_and_referrers() {
         .arg(script)
         .args([&s.addr, "oras/app", "v1"]));
     assert!(out.contains("oras: pushed"), "{out}");
-}
-
-/// Debian's `docker-registry` (Distribution 2.8) serving `root` until dropped.
-struct Distribution {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Distribution {
-    fn start(root: &Path, dir: &Path) -> Distribution {
-        // Distribution cannot bind port 0 and report it; reserve a port and hand it over.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let template = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/registry-2.8-config.yml"),
-        )
-        .unwrap();
-        let cfg = template
-            .replace("@DATA_DIR@", &root.display().to_string())
-            .replace("@REGISTRY_ADDR@", &addr)
-            .replace("@RANDOM_SECRET@", &hex::encode(random_bytes(16)));
-        let cfg_path = dir.join("registry-2.8.yml");
-        std::fs::write(&cfg_path, cfg).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg_path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "docker-registry did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Distribution { child, addr }
-    }
-}
-
-impl Drop for Distribution {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

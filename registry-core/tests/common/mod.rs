@@ -1,5 +1,6 @@
 //! Test support: registries in-process and as a child process, each on 127.0.0.1:0 with its own
-//! temporary root, stopped on drop; OCI image layouts made on the fly; tool lookup.
+//! temporary root, stopped on drop; Debian's Distribution 2.8; OCI image layouts made on the fly;
+//! tool lookup. The edge's tests include this file too.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -101,7 +102,11 @@ pub struct BinServer {
 impl BinServer {
     /// Starts the binary on `root` with extra args; waits for its "listening" log line.
     pub fn spawn(root: &Path, extra: &[&str]) -> BinServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_registry-core"))
+        // This file is shared with the edge's tests, where this binary is not built (nor used).
+        #[allow(clippy::option_env_unwrap)]
+        let bin = option_env!("CARGO_BIN_EXE_registry-core")
+            .expect("the registry-core binary is built for registry-core's own tests");
+        let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0", "--root"])
             .arg(root)
             .args(extra)
@@ -272,4 +277,56 @@ pub fn assert_same_blobs(a: &Path, b: &Path) {
         n += 1;
     }
     assert!(n > 0);
+}
+
+/// Debian's `docker-registry` (Distribution 2.8) serving `root` until dropped.
+pub struct Distribution {
+    pub child: std::process::Child,
+    pub addr: String,
+}
+
+impl Distribution {
+    pub fn start(root: &Path, dir: &Path) -> Distribution {
+        // Distribution cannot bind port 0 and report it; reserve a port and hand it over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(root, dir, port)
+    }
+
+    pub fn start_on(root: &Path, dir: &Path, port: u16) -> Distribution {
+        let addr = format!("127.0.0.1:{port}");
+        let template = include_str!("../clients/registry-2.8-config.yml");
+        let cfg = template
+            .replace("@DATA_DIR@", &root.display().to_string())
+            .replace("@REGISTRY_ADDR@", &addr)
+            .replace("@RANDOM_SECRET@", &hex::encode(random_bytes(16)));
+        let cfg_path = dir.join("registry-2.8.yml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Distribution { child, addr }
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

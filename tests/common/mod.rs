@@ -1,0 +1,257 @@
+//! Test support for the edge: the `registry-edge` binary in its own temporary directory (the
+//! one-command start: generated certificate, generated first user, embedded registry-core), on a
+//! reserved loopback port, stopped on drop; TLS clients that trust its generated CA.
+#![allow(dead_code)]
+
+#[path = "../../registry-core/tests/common/mod.rs"]
+pub mod core;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports)]
+pub use core::{have, make_oci_layout, random_bytes, run, sha256, Distribution};
+
+/// A free loopback port. pingora binds by address, so the port is reserved here and handed over.
+pub fn reserve_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The edge binary running until dropped.
+pub struct Edge {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    pub metrics_addr: String,
+    pub user: String,
+    pub password: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// How to start an edge.
+#[derive(Default)]
+pub struct EdgeOpts {
+    /// Extra `REGISTRY_EDGE_*` variables.
+    pub env: Vec<(String, String)>,
+    /// Contents of `proxy.toml` in the edge's directory.
+    pub config: Option<String>,
+}
+
+impl EdgeOpts {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+}
+
+impl Edge {
+    pub fn start() -> Edge {
+        Self::start_with(EdgeOpts::default())
+    }
+
+    pub fn start_with(opts: EdgeOpts) -> Edge {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(c) = &opts.config {
+            std::fs::write(dir.path().join("proxy.toml"), c).unwrap();
+        }
+        Self::spawn_in(dir, opts)
+    }
+
+    /// Starts (or restarts) an edge in `dir`, which keeps its certs, users and data.
+    pub fn spawn_in(dir: tempfile::TempDir, opts: EdgeOpts) -> Edge {
+        let port = reserve_port();
+        let metrics_port = reserve_port();
+        let addr = format!("127.0.0.1:{port}");
+        let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_registry-edge"));
+        cmd.current_dir(dir.path())
+            .env("REGISTRY_EDGE_SERVER_LISTEN", &addr)
+            .env("REGISTRY_EDGE_METRICS_LISTEN", &metrics_addr)
+            .env("REGISTRY_EDGE_SERVER_DRAIN_TIMEOUT", "5s")
+            .env("REGISTRY_EDGE_AUTH_BCRYPT_COST", "5")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start registry-edge");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let stderr = child.stderr.take().unwrap();
+        let (log2, tx2) = (log.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("registry-edge ready") {
+                    let _ = tx2.send(Ok(()));
+                }
+                log2.lock().unwrap().push(line);
+            }
+            let _ = tx2.send(Err("registry-edge exited before it was ready".into()));
+        });
+        let stdout = child.stdout.take().unwrap();
+        let creds = Arc::new(Mutex::new((String::new(), String::new())));
+        let creds2 = creds.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let l = line.trim();
+                if let Some(u) = l.strip_prefix("username: ") {
+                    creds2.lock().unwrap().0 = u.to_owned();
+                }
+                if let Some(p) = l.strip_prefix("password: ") {
+                    creds2.lock().unwrap().1 = p.to_owned();
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(())) => {}
+            other => {
+                let _ = child.kill();
+                panic!(
+                    "registry-edge did not start ({other:?}):\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "registry-edge does not accept on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The first-user lines are printed before readiness; a restart keeps the earlier ones.
+        let (user, password) = {
+            let c = creds.lock().unwrap().clone();
+            if c.1.is_empty() {
+                std::fs::read_to_string(dir.path().join(".test-credentials"))
+                    .ok()
+                    .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
+                    .unwrap_or_default()
+            } else {
+                std::fs::write(
+                    dir.path().join(".test-credentials"),
+                    format!("{}:{}", c.0, c.1),
+                )
+                .unwrap();
+                c
+            }
+        };
+        Edge {
+            child,
+            dir,
+            addr,
+            metrics_addr,
+            user,
+            password,
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.path("certs/ca.crt")).unwrap()
+    }
+
+    /// A client that trusts the edge's CA; HTTP/1.1 only, or HTTP/2 (by ALPN).
+    pub fn client(&self, http2: bool) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem()).unwrap();
+        let b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .pool_max_idle_per_host(4);
+        let b = if http2 {
+            b.http2_prior_knowledge()
+        } else {
+            b.http1_only()
+        };
+        b.build().unwrap()
+    }
+
+    /// A directory holding the CA as `ca.crt`, for `--cert-dir` of skopeo and podman.
+    pub fn cert_dir(&self) -> PathBuf {
+        let d = self.path("client-certs");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("ca.crt"), self.ca_pem()).unwrap();
+        d
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory of the edge process so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the process to end (at most `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Stops the process and hands back its directory, for a restart.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::mem::replace(&mut self.dir, dir);
+        std::mem::forget(self);
+        old
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `Basic` header value for a user and password.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+pub fn assert_same_blobs(a: &Path, b: &Path) {
+    core::assert_same_blobs(a, b)
+}

@@ -1,0 +1,625 @@
+//! The edge as users meet it: the one-command start (generated CA, first user, embedded core)
+//! over verified TLS, HTTP/1.1 and HTTP/2; the login challenge; forwarding headers; upstream
+//! failures; bad input; large streamed bodies; graceful shutdown.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{basic, random_bytes, reserve_port, sha256, Edge, EdgeOpts};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+async fn assert_challenge(r: reqwest::Response, message: &str) {
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Basic realm=\"Registry Realm\""
+    );
+    assert_eq!(
+        r.headers()
+            .get_all("docker-distribution-api-version")
+            .iter()
+            .count(),
+        1
+    );
+    assert_eq!(
+        r.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNAUTHORIZED");
+    assert_eq!(v["errors"][0]["message"], message);
+}
+
+#[tokio::test]
+async fn login_challenge_over_h1_and_h2() {
+    let edge = Edge::start();
+    assert_eq!(edge.user, "admin");
+    assert!(edge.password.len() >= 16);
+    for h2 in [false, true] {
+        let c = edge.client(h2);
+        let url = format!("{}/v2/", edge.url());
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(
+            r.version(),
+            if h2 {
+                reqwest::Version::HTTP_2
+            } else {
+                reqwest::Version::HTTP_11
+            }
+        );
+        assert_challenge(r, "authentication required").await;
+        let r = c
+            .get(&url)
+            .header("authorization", basic(&edge.user, "wrong"))
+            .send()
+            .await
+            .unwrap();
+        assert_challenge(r, "invalid username or password").await;
+        let r = c
+            .get(&url)
+            .header("authorization", basic("mallory", &edge.password))
+            .send()
+            .await
+            .unwrap();
+        assert_challenge(r, "invalid username or password").await;
+        for garbled in ["Basic", "Basic %%%", "Bearer abc", "Basic Zm9vYmFy"] {
+            let r = c
+                .get(&url)
+                .header("authorization", garbled)
+                .send()
+                .await
+                .unwrap();
+            assert_challenge(
+                r,
+                "malformed Authorization header: Basic credentials expected",
+            )
+            .await;
+        }
+        // Every /v2/ path needs auth, HEAD included (no body on HEAD).
+        let r = c
+            .head(format!("{}/v2/x/manifests/latest", edge.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = c
+            .get(&url)
+            .header("authorization", basic(&edge.user, &edge.password))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()
+                .get_all("docker-distribution-api-version")
+                .iter()
+                .count(),
+            1
+        );
+        // Paths outside the API are not proxied.
+        let r = c
+            .get(format!("{}/metrics", edge.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+}
+
+#[tokio::test]
+async fn push_and_pull_through_the_embedded_core() {
+    let edge = Edge::start();
+    let auth = basic(&edge.user, &edge.password);
+    for h2 in [false, true] {
+        let c = edge.client(h2);
+        let data = random_bytes(3 << 20);
+        let d = sha256(&data);
+        let r = c
+            .post(format!("{}/v2/app/blobs/uploads/", edge.url()))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let loc = r.headers()["location"].to_str().unwrap().to_owned();
+        let r = c
+            .patch(format!("{}{loc}", edge.url()))
+            .header("authorization", &auth)
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let loc = r.headers()["location"].to_str().unwrap().to_owned();
+        let r = c
+            .put(format!("{}{loc}?digest={d}", edge.url()))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let r = c
+            .get(format!("{}/v2/app/blobs/{d}", edge.url()))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+        assert_eq!(r.bytes().await.unwrap(), data);
+        let r = c
+            .get(format!("{}/v2/app/blobs/{d}", edge.url()))
+            .header("authorization", &auth)
+            .header("range", "bytes=5-9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.bytes().await.unwrap(), data[5..10]);
+    }
+    // The registry's own errors pass through with their JSON and one API-version header.
+    let c = edge.client(false);
+    let r = c
+        .get(format!("{}/v2/app/manifests/nope", edge.url()))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.headers()
+            .get_all("docker-distribution-api-version")
+            .iter()
+            .count(),
+        1
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["errors"][0]["code"],
+        "MANIFEST_UNKNOWN"
+    );
+}
+
+/// An upstream that answers every request with the request's headers as JSON.
+async fn echo_upstream() -> (String, tokio::task::JoinHandle<()>) {
+    use http_body_util::Full;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let mut m = serde_json::Map::new();
+                        for (k, v) in req.headers() {
+                            m.insert(
+                                k.to_string(),
+                                Value::String(v.to_str().unwrap_or("").to_owned()),
+                            );
+                        }
+                        m.insert(":uri".into(), Value::String(req.uri().to_string()));
+                        let resp = hyper::Response::builder()
+                            .header("docker-distribution-api-version", "registry/2.0")
+                            .header("content-type", "application/json")
+                            .body(Full::new(bytes::Bytes::from(Value::Object(m).to_string())))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn forwarding_headers_reach_the_upstream() {
+    let (up, _task) = echo_upstream().await;
+    let edge = Edge::start_with(
+        EdgeOpts::default().env("REGISTRY_EDGE_UPSTREAM_URLS", &format!("[\"http://{up}\"]")),
+    );
+    for h2 in [false, true] {
+        let c = edge.client(h2);
+        let r = c
+            .get(format!("{}/v2/some/repo/tags/list?n=1", edge.url()))
+            .header("authorization", basic(&edge.user, &edge.password))
+            .header("x-forwarded-for", "192.0.2.7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()
+                .get_all("docker-distribution-api-version")
+                .iter()
+                .count(),
+            1
+        );
+        let seen: Value = r.json().await.unwrap();
+        assert_eq!(seen["host"], edge.addr.as_str(), "h2={h2} {seen}");
+        assert_eq!(seen["x-forwarded-proto"], "https");
+        assert_eq!(seen["x-forwarded-for"], "192.0.2.7, 127.0.0.1");
+        assert_eq!(seen["x-real-ip"], "127.0.0.1");
+        assert_eq!(seen[":uri"], "/v2/some/repo/tags/list?n=1");
+    }
+}
+
+#[tokio::test]
+async fn upstream_down_and_back() {
+    if !common::have("docker-registry") {
+        return;
+    }
+    let port = reserve_port();
+    let edge = Edge::start_with(EdgeOpts::default().env(
+        "REGISTRY_EDGE_UPSTREAM_URLS",
+        &format!("[\"http://127.0.0.1:{port}\"]"),
+    ));
+    let c = edge.client(false);
+    let auth = basic(&edge.user, &edge.password);
+    let r = c
+        .get(format!("{}/v2/", edge.url()))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["errors"][0]["code"],
+        "UNAVAILABLE"
+    );
+    // The registry comes up on that port: the edge recovers without a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let dist = Distribution::start_on(&dir.path().join("data"), dir.path(), port);
+    let _ = &dist;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .get(format!("{}/v2/", edge.url()))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "edge did not recover: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(dist);
+    let r = c
+        .get(format!("{}/v2/", edge.url()))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status() == 503 || r.status() == 502, "{}", r.status());
+}
+
+use common::Distribution;
+
+/// A TLS connection to the edge that trusts its CA, for requests no HTTP client library sends.
+fn raw_tls(edge: &Edge) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut edge.ca_pem().as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let sock = std::net::TcpStream::connect(&edge.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+/// Reads until the end of a response header block.
+fn read_head(s: &mut impl Read) -> String {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => buf.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[test]
+fn expect_continue_gets_401_before_the_body() {
+    let edge = Edge::start();
+    let mut s = raw_tls(&edge);
+    write!(
+        s,
+        "PUT /v2/x/blobs/uploads/abc?digest={} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Length: 1073741824\r\nExpect: 100-continue\r\n\r\n",
+        sha256(b"x"),
+        edge.addr,
+        basic(&edge.user, "wrong")
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic realm="),
+        "{head}"
+    );
+    // With good credentials the client is told to continue, and the upload goes through.
+    let auth = basic(&edge.user, &edge.password);
+    let mut s = raw_tls(&edge);
+    write!(s, "POST /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n", edge.addr).unwrap();
+    s.flush().unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 202"), "{head}");
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("location:")
+                .then(|| l[9..].trim().to_owned())
+        })
+        .unwrap();
+    write!(
+        s,
+        "PUT {location}?digest={} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        sha256(b"hello"),
+        edge.addr,
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    s.write_all(b"hello").unwrap();
+    s.flush().unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+}
+
+#[test]
+fn oversized_header_block_and_slow_headers() {
+    let edge = Edge::start();
+    // A header block over pingora's 1 MiB limit is refused, and the edge keeps serving.
+    let mut s = raw_tls(&edge);
+    let big = "a".repeat(2 * 1024 * 1024);
+    let _ = write!(s, "GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let _ = s.flush();
+    let head = read_head(&mut s);
+    assert!(head.is_empty() || head.starts_with("HTTP/1.1 4"), "{head}");
+    // A client trickling its headers does not hold up anyone else.
+    let mut slow = raw_tls(&edge);
+    write!(slow, "GET /v2/ HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.flush().unwrap();
+    let mut s = raw_tls(&edge);
+    write!(
+        s,
+        "GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        basic(&edge.user, &edge.password)
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    write!(slow, "X-Late: 1\r\n").unwrap();
+    slow.flush().unwrap();
+}
+
+fn edge_exit(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .env(
+            "REGISTRY_EDGE_SERVER_LISTEN",
+            format!("127.0.0.1:{}", reserve_port()),
+        )
+        .env("REGISTRY_EDGE_METRICS_LISTEN", "")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_stops_the_start_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = edge_exit(dir.path(), &[("REGISTRY_EDGE_SERVER_THREADS", "zero")], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("threads") && err.contains("REGISTRY_EDGE_SERVER_THREADS"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[auth]\nrealm = \"x\"\nbogus = true\n",
+    )
+    .unwrap();
+    let (code, err) = edge_exit(dir.path(), &[], &["--config", "bad.toml"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("bogus") && err.contains("bad.toml"), "{err}");
+    let (code, err) = edge_exit(dir.path(), &[], &["--config", "missing.toml"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("missing.toml"), "{err}");
+    // A malformed htpasswd line stops the start naming file and line.
+    std::fs::create_dir_all(dir.path().join("auth")).unwrap();
+    std::fs::write(
+        dir.path().join("auth/htpasswd"),
+        "ok:$2y$05$abcdefghijklmnopqrstuu5Yf3C9B3EjTJa9DsDyVVWjeF9qRHqYy\nbob:$apr1$xyz$abc\n",
+    )
+    .unwrap();
+    let (code, err) = edge_exit(dir.path(), &[], &[]);
+    assert_eq!(code, 70, "{err}");
+    assert!(
+        err.contains("auth/htpasswd:2") && err.contains("bcrypt"),
+        "{err}"
+    );
+    // No htpasswd and no first user to create: refused.
+    std::fs::remove_file(dir.path().join("auth/htpasswd")).unwrap();
+    let (code, err) = edge_exit(dir.path(), &[("REGISTRY_EDGE_AUTH_FIRST_USER", "")], &[]);
+    assert_eq!(code, 70);
+    assert!(err.contains("htpasswd"), "{err}");
+    // A certificate whose key is another's.
+    let (code, err) = edge_exit(dir.path(), &[("REGISTRY_EDGE_TLS_KEY", "nope.key")], &[]);
+    assert_eq!(code, 70, "{err}");
+    assert!(err.contains("nope.key"), "{err}");
+}
+
+/// A deterministic incompressible stream of `total` bytes in 1 MiB chunks, and its digest.
+fn big_body(
+    total: u64,
+    seed: u8,
+) -> (
+    impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>>,
+    String,
+) {
+    use sha2::Digest as _;
+    let block = {
+        let mut b = random_bytes(1 << 20);
+        b[0] = seed;
+        b
+    };
+    let chunk = move |i: u64| {
+        let mut c = block.clone();
+        c[1..9].copy_from_slice(&i.to_le_bytes());
+        c[9] = seed;
+        let n = ((total - i * (1 << 20)).min(1 << 20)) as usize;
+        c.truncate(n);
+        bytes::Bytes::from(c)
+    };
+    let chunks = total.div_ceil(1 << 20);
+    let mut h = sha2::Sha256::new();
+    for i in 0..chunks {
+        h.update(chunk(i));
+    }
+    let digest = format!("sha256:{}", hex::encode(h.finalize()));
+    let stream = futures_util::stream::iter((0..chunks).map(move |i| Ok(chunk(i))));
+    (stream, digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_bodies_stream_both_ways_over_h1_and_h2() {
+    use futures_util::StreamExt;
+    let edge = Edge::start();
+    let auth = basic(&edge.user, &edge.password);
+    const GIB: u64 = 1 << 30;
+    let mut seed = 0;
+    for h2 in [false, true] {
+        let c = edge.client(h2);
+        for with_length in [true, false] {
+            seed += 1;
+            let (stream, digest) = big_body(GIB, seed);
+            let mut req = c
+                .post(format!(
+                    "{}/v2/big/blobs/uploads/?digest={digest}",
+                    edge.url()
+                ))
+                .header("authorization", &auth)
+                .body(reqwest::Body::wrap_stream(stream));
+            if with_length {
+                req = req.header("content-length", GIB.to_string());
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(
+                r.status(),
+                201,
+                "h2={h2} length={with_length}: {:?}",
+                r.text().await
+            );
+            // Download and hash it as it arrives.
+            let r = c
+                .get(format!("{}/v2/big/blobs/{digest}", edge.url()))
+                .header("authorization", &auth)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.content_length(), Some(GIB));
+            let mut h = <sha2::Sha256 as sha2::Digest>::new();
+            let mut n = 0u64;
+            let mut s = r.bytes_stream();
+            while let Some(c) = s.next().await {
+                let c = c.unwrap();
+                n += c.len() as u64;
+                sha2::Digest::update(&mut h, &c);
+            }
+            assert_eq!(n, GIB);
+            assert_eq!(
+                format!("sha256:{}", hex::encode(sha2::Digest::finalize(h))),
+                digest
+            );
+        }
+    }
+    // Nothing was buffered whole: 4 GiB up and down left the process small.
+    let peak = edge.peak_rss_kib();
+    eprintln!(
+        "edge peak RSS after 4 x 1 GiB up and down: {} MiB",
+        peak / 1024
+    );
+    assert!(peak < 256 * 1024, "peak RSS {peak} KiB suggests buffering");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_transfer_in_flight_finish() {
+    use futures_util::StreamExt;
+    let mut edge = Edge::start();
+    let auth = basic(&edge.user, &edge.password);
+    let c = edge.client(false);
+    let (stream, digest) = big_body(64 << 20, 9);
+    let r = c
+        .post(format!(
+            "{}/v2/drain/blobs/uploads/?digest={digest}",
+            edge.url()
+        ))
+        .header("authorization", &auth)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .get(format!("{}/v2/drain/blobs/{digest}", edge.url()))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    let mut s = r.bytes_stream();
+    let mut n = s.next().await.unwrap().unwrap().len();
+    // Terminate while the body is still being read, slowly.
+    let pid = edge.pid();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    while let Some(c) = s.next().await {
+        n += c.unwrap().len();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(n, 64 << 20);
+    let status = tokio::task::spawn_blocking(move || edge.terminate(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(status.is_some(), "the edge did not exit after draining");
+}
