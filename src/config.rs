@@ -12,7 +12,29 @@ pub const ENV_PREFIX: &str = "REGISTRY_EDGE_";
 /// The config file the default start reads.
 pub const DEFAULT_CONFIG: &str = "proxy.toml";
 
-const SECTIONS: &[&str] = &["server", "tls", "auth", "upstream", "storage", "metrics"];
+const SECTIONS: &[&str] = &[
+    "server", "tls", "auth", "upstream", "storage", "metrics", "access", "lockout", "log",
+];
+
+/// `registry:2` settings the edge shares, accepted under their Distribution names so a compose
+/// file written for `registry:2` moves over with its environment. `REGISTRY_EDGE_*` wins.
+pub const REGISTRY_COMPAT: &[(&str, &str, &str)] = &[
+    ("REGISTRY_HTTP_ADDR", "server", "listen"),
+    ("REGISTRY_HTTP_TLS_CERTIFICATE", "tls", "cert"),
+    ("REGISTRY_HTTP_TLS_KEY", "tls", "key"),
+    ("REGISTRY_AUTH_HTPASSWD_PATH", "auth", "htpasswd"),
+    ("REGISTRY_AUTH_HTPASSWD_REALM", "auth", "realm"),
+    (
+        "REGISTRY_STORAGE_DELETE_ENABLED",
+        "storage",
+        "delete_enabled",
+    ),
+    (
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+        "storage",
+        "root",
+    ),
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +45,61 @@ struct FileConfig {
     upstream: UpstreamSection,
     storage: StorageSection,
     metrics: MetricsSection,
+    access: AccessSection,
+    lockout: LockoutSection,
+    log: LogSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AccessSection {
+    groups: std::collections::BTreeMap<String, Vec<String>>,
+    rules: Vec<RuleSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RuleSection {
+    repositories: Vec<String>,
+    users: Vec<String>,
+    groups: Vec<String>,
+    actions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LockoutSection {
+    max_failures: u32,
+    max_failures_per_user: u32,
+    window: String,
+    base_delay: String,
+    max_delay: String,
+}
+
+impl Default for LockoutSection {
+    fn default() -> Self {
+        LockoutSection {
+            max_failures: 5,
+            max_failures_per_user: 20,
+            window: "5m".into(),
+            base_delay: "2s".into(),
+            max_delay: "15m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LogSection {
+    format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: "text".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +267,10 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Where `/metrics` is served; `None` turns it off.
     pub metrics_listen: Option<String>,
+    /// Who may do what; empty: every authenticated user may do everything.
+    pub access: crate::access::Rules,
+    pub lockout: crate::lockout::Policy,
+    pub log_json: bool,
 }
 
 /// A configuration error, naming the key and where the value came from.
@@ -242,6 +323,31 @@ impl Config {
             message: e.to_string(),
         })?;
         let mut overridden = Vec::new();
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        for (name, section, key) in REGISTRY_COMPAT {
+            let edge_name = format!("{ENV_PREFIX}{}_{}", section, key).to_ascii_uppercase();
+            let Some((_, raw)) = env.iter().find(|(k, _)| k == name) else {
+                continue;
+            };
+            if env.iter().any(|(k, _)| *k == edge_name) {
+                continue;
+            }
+            let value = if *key == "listen" && raw.starts_with(':') {
+                // registry:2 accepts ":5000" for all interfaces.
+                toml::Value::String(format!("0.0.0.0{raw}"))
+            } else if *key == "delete_enabled" {
+                env_value(raw)
+            } else {
+                toml::Value::String(raw.clone())
+            };
+            if let toml::Value::Table(t) = table
+                .entry(*section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                t.insert((*key).to_owned(), value);
+            }
+            overridden.push((*name).to_owned());
+        }
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -349,6 +455,32 @@ impl Config {
                 ))
             }
         };
+        let access = crate::access::Rules::new(
+            f.access.groups,
+            f.access
+                .rules
+                .into_iter()
+                .map(|r| (r.repositories, r.users, r.groups, r.actions))
+                .collect(),
+        )
+        .map_err(|(key, m)| bad(key, m))?;
+        let lockout = crate::lockout::Policy {
+            max_failures: f.lockout.max_failures,
+            max_failures_per_user: f.lockout.max_failures_per_user,
+            window: duration("lockout.window", &f.lockout.window)?,
+            base_delay: duration("lockout.base_delay", &f.lockout.base_delay)?,
+            max_delay: duration("lockout.max_delay", &f.lockout.max_delay)?,
+        };
+        let log_json = match f.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(bad(
+                    "log.format",
+                    format!("{other:?}: must be \"text\" or \"json\""),
+                ))
+            }
+        };
         let upstream = if f.upstream.urls.is_empty() {
             let mut core = registry_core::Config {
                 root: f.storage.root.clone(),
@@ -389,6 +521,9 @@ impl Config {
             read_timeout: duration("upstream.read_timeout", &f.upstream.read_timeout)?,
             write_timeout: duration("upstream.write_timeout", &f.upstream.write_timeout)?,
             metrics_listen,
+            access,
+            lockout,
+            log_json,
         })
     }
 }
@@ -489,6 +624,51 @@ mod tests {
                 tls: false,
                 host: "127.0.0.1".into()
             }]
+        );
+    }
+
+    #[test]
+    fn registry_2_environment_names() {
+        let c = load(
+            "",
+            &[
+                ("REGISTRY_HTTP_ADDR", ":5443"),
+                ("REGISTRY_HTTP_TLS_CERTIFICATE", "/certs/domain.crt"),
+                ("REGISTRY_HTTP_TLS_KEY", "/certs/domain.key"),
+                ("REGISTRY_AUTH_HTPASSWD_PATH", "/auth/htpasswd"),
+                ("REGISTRY_AUTH_HTPASSWD_REALM", "Registry Realm"),
+                ("REGISTRY_STORAGE_DELETE_ENABLED", "false"),
+                (
+                    "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+                    "/var/lib/registry",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:5443");
+        assert_eq!(c.cert, Path::new("/certs/domain.crt"));
+        assert_eq!(c.htpasswd, Path::new("/auth/htpasswd"));
+        let Upstream::Embedded(core) = &c.upstream else {
+            panic!()
+        };
+        assert!(!core.delete_enabled);
+        assert_eq!(core.root, Path::new("/var/lib/registry"));
+        // The edge's own name wins.
+        let c = load(
+            "",
+            &[
+                ("REGISTRY_HTTP_ADDR", ":1"),
+                ("REGISTRY_EDGE_SERVER_LISTEN", "127.0.0.1:2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2");
+        let e = load("", &[("REGISTRY_STORAGE_DELETE_ENABLED", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("delete_enabled") && e.contains("REGISTRY_STORAGE_DELETE_ENABLED"),
+            "{e}"
         );
     }
 

@@ -7,6 +7,8 @@
 //! - [`tls`]: certificate loading and validation, the swappable certificate resolver, and the
 //!   self-signed certificate (with its `ca.crt`) generated for the one-command start.
 //! - [`auth`]: htpasswd (bcrypt) parsing, first-user creation, and the cached verifier.
+//! - [`lockout`]: failed logins per client address and user name; 429 with a growing delay.
+//! - [`access`]: access rules (users, groups, repository patterns, pull/push/delete).
 //! - [`proxy`]: the pingora `ProxyHttp` implementation: auth, upstream choice, forwarding headers,
 //!   the API-version header, and the JSON error answers.
 //! - [`metrics`]: `regedge_*` Prometheus metrics, served with the core's `regcore_*` ones.
@@ -14,8 +16,10 @@
 //!   embedded registry-core (a background service on a Unix socket) and the metrics listener.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod config;
+pub mod lockout;
 pub mod metrics;
 pub mod proxy;
 pub mod tls;
@@ -176,6 +180,100 @@ impl BackgroundService for MetricsService {
     }
 }
 
+/// How often the certificate and htpasswd files are checked for changes.
+const RELOAD_POLL: Duration = Duration::from_secs(2);
+
+/// What identifies a file's content without reading it: size, mtime, inode.
+fn fingerprint(p: &std::path::Path) -> Option<(u64, std::time::SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+/// Reloads the certificate and the htpasswd file when they change, and on SIGHUP. A file that
+/// does not load is refused with an error log and the one in use is kept.
+struct Reloader {
+    cert: PathBuf,
+    key: PathBuf,
+    htpasswd: PathBuf,
+    certs: Arc<CertStore>,
+    auth: Arc<Authenticator>,
+}
+
+impl Reloader {
+    fn reload_certificate(&self) {
+        match tls::load_certified_key(&self.cert, &self.key) {
+            Ok(k) => {
+                self.certs.replace(k);
+                metrics::RELOADS
+                    .with_label_values(&["certificate", "ok"])
+                    .inc();
+                tracing::info!(cert = %self.cert.display(), "certificate reloaded");
+            }
+            Err(e) => {
+                metrics::RELOADS
+                    .with_label_values(&["certificate", "failed"])
+                    .inc();
+                tracing::error!(error = %e, "new certificate refused; keeping the one in use");
+            }
+        }
+    }
+
+    fn reload_htpasswd(&self) {
+        match Htpasswd::load(&self.htpasswd) {
+            Ok(users) => {
+                metrics::HTPASSWD_USERS.set(users.len() as i64);
+                self.auth.replace(users);
+                metrics::RELOADS
+                    .with_label_values(&["htpasswd", "ok"])
+                    .inc();
+                tracing::info!(file = %self.htpasswd.display(), "htpasswd reloaded");
+            }
+            Err(e) => {
+                metrics::RELOADS
+                    .with_label_values(&["htpasswd", "failed"])
+                    .inc();
+                tracing::error!(error = %e, "new htpasswd refused; keeping the users in use");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler; reloading on file changes only");
+                None
+            }
+        };
+        let certs_fp = || (fingerprint(&self.cert), fingerprint(&self.key));
+        let (mut certs, mut users) = (certs_fp(), fingerprint(&self.htpasswd));
+        loop {
+            let forced = tokio::select! {
+                _ = tokio::time::sleep(RELOAD_POLL) => false,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading the certificate and the htpasswd file");
+                    true
+                }
+                _ = shutdown.changed() => return,
+            };
+            let (c, u) = (certs_fp(), fingerprint(&self.htpasswd));
+            if forced || c != certs {
+                certs = c;
+                self.reload_certificate();
+            }
+            if forced || u != users {
+                users = u;
+                self.reload_htpasswd();
+            }
+        }
+    }
+}
+
 /// Logs readiness once the services it depends on are up.
 struct ReadyLog(String);
 
@@ -262,6 +360,8 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
         auth: prepared.auth.clone(),
         realm: config.realm.clone(),
         upstreams,
+        access: config.access.clone(),
+        lockout: crate::lockout::Lockout::new(config.lockout.clone()),
         timeouts: Timeouts {
             client_idle: config.idle_timeout,
             connect: config.connect_timeout,
@@ -278,11 +378,8 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
         .max_frame_size(1024 * 1024);
     proxy.h2_options = Some(h2);
     let mut service = Service::new("registry-edge".to_owned(), proxy);
-    let mut tls_settings = TlsSettings::intermediate(
-        &config.cert.display().to_string(),
-        &config.key.display().to_string(),
-    )
-    .expect("TlsSettings::intermediate only stores the paths");
+    let mut tls_settings = TlsSettings::with_callbacks(Box::new(tls::HandshakeMetrics))
+        .expect("TlsSettings::with_callbacks only stores the callbacks");
     tls_settings.set_cert_resolver(prepared.certs.clone());
     if config.http2 {
         tls_settings.enable_h2();
@@ -290,6 +387,16 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
     service.add_tls_with_settings(&config.listen, None, tls_settings);
     let proxy_handle = server.add_service(service);
     proxy_handle.add_dependencies(dependencies.iter());
+    server.add_service(background_service(
+        "reloader",
+        Reloader {
+            cert: config.cert.clone(),
+            key: config.key.clone(),
+            htpasswd: config.htpasswd.clone(),
+            certs: prepared.certs.clone(),
+            auth: prepared.auth.clone(),
+        },
+    ));
     let ready = server.add_service(background_service("ready", ReadyLog(config.listen.clone())));
     ready.add_dependency(&proxy_handle);
 

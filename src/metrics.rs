@@ -42,7 +42,7 @@ metric!(RESPONSE_BYTES: IntCounterVec = register_int_counter_vec!(
 ));
 metric!(AUTH: IntCounterVec = register_int_counter_vec!(
     "regedge_auth_attempts_total",
-    "Authentication attempts by result: ok, missing, malformed, invalid.",
+    "Authentication attempts by result: ok, missing, malformed, invalid, locked_out.",
     &["result"]
 ));
 metric!(AUTH_CACHE: IntCounterVec = register_int_counter_vec!(
@@ -64,9 +64,23 @@ metric!(HTPASSWD_USERS: IntGauge = register_int_gauge!(
     "regedge_htpasswd_users",
     "Users in the loaded htpasswd file."
 ));
-metric!(CONFIG_RELOADS: IntCounter = register_int_counter!(
+metric!(RELOADS: IntCounterVec = register_int_counter_vec!(
     "regedge_reloads_total",
-    "Certificate or htpasswd reloads that took effect."
+    "Reloads of the certificate or the htpasswd file, by file and result (ok, failed).",
+    &["file", "result"]
+));
+metric!(TLS_HELLOS: IntCounter = register_int_counter!(
+    "regedge_tls_client_hellos_total",
+    "TLS handshakes begun (a certificate was chosen); those begun but not completed failed."
+));
+metric!(TLS_HANDSHAKES: IntCounterVec = register_int_counter_vec!(
+    "regedge_tls_handshakes_total",
+    "TLS handshakes completed, by result and protocol version.",
+    &["result", "version"]
+));
+metric!(CERT_EXPIRY: IntGauge = register_int_gauge!(
+    "regedge_tls_certificate_expiry_timestamp_seconds",
+    "When the served certificate expires, in seconds since the Unix epoch."
 ));
 
 /// Registers every metric now, so a scrape shows them before the first request.
@@ -79,7 +93,7 @@ pub fn init() {
     LazyLock::force(&IN_FLIGHT);
     LazyLock::force(&REQUEST_BYTES);
     LazyLock::force(&RESPONSE_BYTES);
-    for r in ["ok", "missing", "malformed", "invalid"] {
+    for r in ["ok", "missing", "malformed", "invalid", "locked_out"] {
         AUTH.with_label_values(&[r]);
     }
     for r in ["hit", "miss"] {
@@ -89,7 +103,14 @@ pub fn init() {
         UPSTREAM_ERRORS.with_label_values(&[k]);
     }
     LazyLock::force(&HTPASSWD_USERS);
-    LazyLock::force(&CONFIG_RELOADS);
+    for f in ["certificate", "htpasswd"] {
+        for r in ["ok", "failed"] {
+            RELOADS.with_label_values(&[f, r]);
+        }
+    }
+    LazyLock::force(&TLS_HELLOS);
+    LazyLock::force(&TLS_HANDSHAKES);
+    LazyLock::force(&CERT_EXPIRY);
     registry_core::metrics::init();
 }
 

@@ -1,6 +1,7 @@
-//! The `ProxyHttp` implementation: authentication in `request_filter`, upstream choice,
-//! forwarding headers, the API-version header on every `/v2/` answer, and the JSON error bodies
-//! of the edge's own answers (401, 404, 502/503/504).
+//! The `ProxyHttp` implementation: in `request_filter` the lockout check, authentication and the
+//! access rules; upstream choice; forwarding headers; the API-version header on every `/v2/`
+//! answer; the catalog filtered to what the user may pull; and the JSON error bodies of the edge's
+//! own answers (401, 403, 404, 429, 502/503/504).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -15,8 +16,10 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::auth::{Authenticator, CacheUse, Denied};
+use crate::access::{self, Action, Rules};
+use crate::auth::{parse_basic, Authenticator, CacheUse, Denied};
 use crate::config::UpstreamUrl;
+use crate::lockout::Lockout;
 use crate::metrics;
 
 /// How long an upstream that refused a connection is passed over.
@@ -74,6 +77,8 @@ pub struct Edge {
     pub realm: String,
     pub upstreams: Upstreams,
     pub timeouts: Timeouts,
+    pub access: Rules,
+    pub lockout: Lockout,
 }
 
 /// Per-request state.
@@ -87,6 +92,8 @@ pub struct Ctx {
     upstream: usize,
     tries: usize,
     counted: bool,
+    /// The catalog answer is collected here and filtered to what the user may pull.
+    catalog: Option<Vec<u8>>,
 }
 
 /// The registry's JSON error body.
@@ -120,6 +127,7 @@ fn has_body(req: &RequestHeader) -> bool {
 
 impl Edge {
     /// Answers with an error of the registry's shape.
+    #[allow(clippy::too_many_arguments)]
     async fn respond(
         &self,
         session: &mut Session,
@@ -128,9 +136,10 @@ impl Edge {
         code: &str,
         message: &str,
         challenge: bool,
+        retry_after: Option<Duration>,
     ) -> Result<()> {
         let body = error_body(code, message);
-        let mut h = ResponseHeader::build(status, Some(5))?;
+        let mut h = ResponseHeader::build(status, Some(6))?;
         h.insert_header("Content-Type", "application/json")?;
         h.insert_header("Content-Length", body.len().to_string())?;
         h.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
@@ -139,6 +148,9 @@ impl Edge {
                 "WWW-Authenticate",
                 format!("Basic realm=\"{}\"", self.realm),
             )?;
+        }
+        if let Some(d) = retry_after {
+            h.insert_header("Retry-After", d.as_secs_f64().ceil().max(1.0).to_string())?;
         }
         if has_body(session.req_header()) {
             // The body was not read (with `Expect: 100-continue` it was never sent): the
@@ -201,6 +213,7 @@ impl ProxyHttp for Edge {
             upstream: 0,
             tries: 0,
             counted: false,
+            catalog: None,
         }
     }
 
@@ -214,15 +227,9 @@ impl ProxyHttp for Edge {
         let path = session.req_header().uri.path().to_owned();
         ctx.route = metrics::route_class(&path);
         if !is_api(&path) {
-            self.respond(
-                session,
-                ctx,
-                404,
-                "NOT_FOUND",
-                "only /v2/ is served here",
-                false,
-            )
-            .await?;
+            let msg = "only /v2/ is served here";
+            self.respond(session, ctx, 404, "NOT_FOUND", msg, false, None)
+                .await?;
             return Ok(true);
         }
         let header = session
@@ -230,6 +237,21 @@ impl ProxyHttp for Edge {
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes().to_vec());
+        let ip = client_ip(session);
+        let claimed = header
+            .as_deref()
+            .and_then(|h| parse_basic(h).ok())
+            .map(|(u, _)| u);
+        // Only attempts count: the credential-less probe every client starts with gets its 401.
+        if header.is_some() {
+            if let Some(wait) = self.lockout.blocked(ip, claimed.as_deref()) {
+                metrics::AUTH.with_label_values(&["locked_out"]).inc();
+                let msg = "too many failed logins; try again later";
+                self.respond(session, ctx, 429, "TOOMANYREQUESTS", msg, false, Some(wait))
+                    .await?;
+                return Ok(true);
+            }
+        }
         let (result, cache) = self.auth.verify(header.as_deref()).await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -246,24 +268,53 @@ impl ProxyHttp for Edge {
             };
             metrics::AUTH_CACHE.with_label_values(&[c]).inc();
         }
-        match result {
-            Ok(user) => {
-                ctx.user = Some(user.0);
-                Ok(false)
-            }
+        let user = match result {
+            Ok(user) => user.0,
             Err(d) => {
-                let message = match d {
+                if d != Denied::Missing {
+                    self.lockout.failure(ip, claimed.as_deref());
+                }
+                let msg = match d {
                     Denied::Missing => "authentication required",
                     Denied::Malformed => {
                         "malformed Authorization header: Basic credentials expected"
                     }
                     Denied::Invalid => "invalid username or password",
                 };
-                self.respond(session, ctx, 401, "UNAUTHORIZED", message, true)
+                self.respond(session, ctx, 401, "UNAUTHORIZED", msg, true, None)
                     .await?;
-                Ok(true)
+                return Ok(true);
             }
+        };
+        self.lockout.success(ip, &user);
+        ctx.user = Some(user.clone());
+        if self.access.is_open() {
+            return Ok(false);
         }
+        let Some(route) = registry_core::routes::parse(&path) else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        let need = access::required(&req.method, &route, req.uri.query());
+        if let Some((repo, action)) = need
+            .iter()
+            .find(|(repo, action)| !self.access.allows(&user, repo, *action))
+        {
+            let what = match action {
+                Action::Pull => "pull from",
+                Action::Push => "push to",
+                Action::Delete => "delete in",
+            };
+            let msg =
+                format!("requested access to the resource is denied: {user} may not {what} {repo}");
+            self.respond(session, ctx, 403, "DENIED", &msg, false, None)
+                .await?;
+            return Ok(true);
+        }
+        if route == registry_core::routes::Route::Catalog {
+            ctx.catalog = Some(Vec::new());
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -345,7 +396,48 @@ impl ProxyHttp for Edge {
         if is_api(session.req_header().uri.path()) {
             resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
         }
+        if ctx.catalog.is_some() {
+            if resp.status == 200 {
+                // The body is rewritten: its length changes.
+                resp.remove_header(&http::header::CONTENT_LENGTH);
+            } else {
+                ctx.catalog = None;
+            }
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let Some(buf) = ctx.catalog.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(b) = body.take() {
+            buf.extend_from_slice(&b);
+        }
+        if end_of_stream {
+            let user = ctx.user.clone().unwrap_or_default();
+            let mut v: serde_json::Value = serde_json::from_slice(buf).map_err(|e| {
+                Error::because(
+                    ErrorType::InvalidHTTPHeader,
+                    "catalog answer is not JSON",
+                    e,
+                )
+            })?;
+            if let Some(repos) = v.get_mut("repositories").and_then(|r| r.as_array_mut()) {
+                repos.retain(|r| {
+                    r.as_str()
+                        .is_some_and(|name| self.access.allows(&user, name, Action::Pull))
+                });
+            }
+            *body = Some(Bytes::from(v.to_string()));
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -381,7 +473,7 @@ impl ProxyHttp for Edge {
                 _ => "UNKNOWN",
             };
             if let Err(we) = self
-                .respond(session, ctx, code, errcode, message, false)
+                .respond(session, ctx, code, errcode, message, false, None)
                 .await
             {
                 tracing::debug!(error = %we, "could not send the error answer");

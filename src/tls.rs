@@ -84,15 +84,29 @@ impl fmt::Debug for CertStore {
     }
 }
 
+/// The leaf certificate's expiry, in seconds since the Unix epoch.
+pub fn expiry(key: &CertifiedKey) -> Option<i64> {
+    let der = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 impl CertStore {
     pub fn new(key: CertifiedKey) -> CertStore {
+        if let Some(t) = expiry(&key) {
+            crate::metrics::CERT_EXPIRY.set(t);
+        }
         CertStore {
             current: RwLock::new(Arc::new(key)),
         }
     }
 
-    /// Replaces the certificate; handshakes from now on present the new one.
+    /// Replaces the certificate; handshakes from now on present the new one, connections
+    /// already established keep theirs.
     pub fn replace(&self, key: CertifiedKey) {
+        if let Some(t) = expiry(&key) {
+            crate::metrics::CERT_EXPIRY.set(t);
+        }
         *self.current.write().expect("cert lock") = Arc::new(key);
     }
 
@@ -103,7 +117,25 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        crate::metrics::TLS_HELLOS.inc();
         Some(self.current())
+    }
+}
+
+/// Counts completed handshakes by protocol version.
+pub struct HandshakeMetrics;
+
+#[async_trait::async_trait]
+impl pingora::listeners::TlsAccept for HandshakeMetrics {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let version = tls.version().unwrap_or("unknown");
+        crate::metrics::TLS_HANDSHAKES
+            .with_label_values(&["ok", version])
+            .inc();
+        None
     }
 }
 

@@ -206,6 +206,26 @@ impl Edge {
             .unwrap()
     }
 
+    /// Runs `registry-edge ARGS` in the edge's directory with `stdin`; returns (exit code,
+    /// stdout, stderr).
+    pub fn cli(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        cli_in(self.dir.path(), args, stdin)
+    }
+
+    /// A client like `client(false)` whose connections come from `source` (another loopback
+    /// address), to play a different client host.
+    pub fn client_from(&self, source: std::net::IpAddr) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem()).unwrap();
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .local_address(source)
+            .http1_only()
+            .build()
+            .unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -241,6 +261,27 @@ impl Drop for Edge {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `registry-edge ARGS` in `dir` with `stdin`; returns (exit code, stdout, stderr).
+pub fn cli_in(dir: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command that fails early may not read its input.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The `Basic` header value for a user and password.
