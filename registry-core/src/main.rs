@@ -16,17 +16,17 @@ struct Cli {
     /// TOML config file.
     #[arg(long, global = true, env = "REGISTRY_CORE_CONFIG")]
     config: Option<PathBuf>,
-    /// Listen address: host:port, or unix:PATH.
-    #[arg(long, global = true)]
+    /// Listen address: host:port, or unix:PATH. Also REGISTRY_HTTP_ADDR, as registry:2 reads it.
+    #[arg(long, global = true, env = "REGISTRY_HTTP_ADDR")]
     listen: Option<String>,
     /// Storage root (Distribution's filesystem layout).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY")]
     root: Option<PathBuf>,
     /// Serve Prometheus metrics at /metrics on this address.
     #[arg(long, global = true)]
     metrics_listen: Option<String>,
     /// Allow DELETE of manifests, tags and blobs.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "REGISTRY_STORAGE_DELETE_ENABLED")]
     delete_enabled: Option<bool>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -54,7 +54,14 @@ fn load(cli: &Cli) -> Result<Config, registry_core::config::ConfigError> {
     };
     c.apply(
         FileConfig {
-            listen: cli.listen.clone(),
+            // registry:2 accepts ":5000" for every interface.
+            listen: cli.listen.as_ref().map(|l| {
+                if l.starts_with(':') {
+                    format!("0.0.0.0{l}")
+                } else {
+                    l.clone()
+                }
+            }),
             root: cli.root.clone(),
             metrics_listen: cli.metrics_listen.clone(),
             delete_enabled: cli.delete_enabled,
