@@ -244,16 +244,6 @@ impl Edge {
         }
         None
     }
-
-    /// Stops the process and hands back its directory, for a restart.
-    pub fn into_dir(mut self) -> tempfile::TempDir {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let dir = tempfile::tempdir().unwrap();
-        let old = std::mem::replace(&mut self.dir, dir);
-        std::mem::forget(self);
-        old
-    }
 }
 
 impl Drop for Edge {
