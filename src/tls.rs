@@ -184,14 +184,26 @@ pub fn generate_self_signed(
     };
     let g = |e: rcgen::Error| TlsError::Generate(e.to_string());
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
+    // This machine's name too, when it is a valid DNS name (an odd one is skipped, not fatal).
     if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
         let h = h.trim();
-        if !h.is_empty() {
+        let valid = rcgen::string::Ia5String::try_from(h.to_owned()).is_ok()
+            && !h.is_empty()
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if valid && !names.iter().any(|n| n == h) {
             names.push(h.to_owned());
         }
     }
-    names.extend(hosts.iter().cloned());
-    names.dedup();
+    for h in hosts {
+        if !names.contains(h) {
+            names.push(h.clone());
+        }
+    }
     let mut sans = Vec::new();
     for n in &names {
         sans.push(match n.parse::<std::net::IpAddr>() {
