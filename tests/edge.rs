@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{basic, random_bytes, reserve_port, sha256, Edge, EdgeOpts};
+use common::{basic, error_code, random_bytes, reserve_port, sha256, Distribution, Edge, EdgeOpts};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -180,10 +180,7 @@ async fn push_and_pull_through_the_embedded_core() {
             .count(),
         1
     );
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["errors"][0]["code"],
-        "MANIFEST_UNKNOWN"
-    );
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
 }
 
 /// An upstream that answers every request with the request's headers as JSON.
@@ -277,10 +274,7 @@ async fn upstream_down_and_back() {
         r.headers()["docker-distribution-api-version"],
         "registry/2.0"
     );
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["errors"][0]["code"],
-        "UNAVAILABLE"
-    );
+    assert_eq!(error_code(r).await, "UNAVAILABLE");
     // The registry comes up on that port: the edge recovers without a restart.
     let dir = tempfile::tempdir().unwrap();
     let dist = Distribution::start_on(&dir.path().join("data"), dir.path(), port);
@@ -312,8 +306,6 @@ async fn upstream_down_and_back() {
         .unwrap();
     assert!(r.status() == 503 || r.status() == 502, "{}", r.status());
 }
-
-use common::Distribution;
 
 /// A TLS connection to the edge that trusts its CA, for requests no HTTP client library sends.
 fn raw_tls(edge: &Edge) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {

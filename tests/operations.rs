@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{basic, have, reserve_port, run, Edge, EdgeOpts};
+use common::{basic, error_code, have, reserve_port, run, sample, Edge, EdgeOpts};
 use serde_json::Value;
 
 /// Polls `f` until it returns true (at most `secs` seconds).
@@ -17,11 +17,6 @@ async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
 async fn add_user(edge: &Edge, user: &str, password: &str) {
@@ -255,10 +250,7 @@ async fn access_rules_over_http_and_skopeo() {
         r.headers()["docker-distribution-api-version"],
         "registry/2.0"
     );
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["errors"][0]["code"],
-        "DENIED"
-    );
+    assert_eq!(error_code(r).await, "DENIED");
     let r = c
         .post(format!("{}/v2/public/app/blobs/uploads/", edge.url()))
         .header("authorization", &bob)
@@ -351,8 +343,7 @@ async fn lockout_blocks_the_attacker_not_others() {
             .get("retry-after")
             .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
         if status == 429 {
-            let v: Value = r.json().await.unwrap();
-            assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS");
+            assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
         }
         (status, retry_after)
     };

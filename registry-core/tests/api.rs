@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{random_bytes, sha256, Server};
+use common::{error_code, random_bytes, sha256, Server};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -11,11 +11,6 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 fn client() -> Client {
     Client::new()
-}
-
-async fn error_code(r: reqwest::Response) -> String {
-    let v: Value = r.json().await.unwrap();
-    v["errors"][0]["code"].as_str().unwrap().to_owned()
 }
 
 /// Pushes a blob monolithically; returns its digest.

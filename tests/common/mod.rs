@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
-pub use core::{have, make_oci_layout, random_bytes, run, sha256, Distribution};
+pub use core::{
+    error_code, have, make_oci_layout, random_bytes, run, sample, sha256, Distribution,
+};
 
 /// A free loopback port. pingora binds by address, so the port is reserved here and handed over.
 pub fn reserve_port() -> u16 {

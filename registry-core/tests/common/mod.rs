@@ -23,6 +23,21 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     v
 }
 
+/// The value of one series in a Prometheus text exposition (`name{labels}`), if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+/// The OCI error code of an error answer (`errors[0].code`).
+pub async fn error_code(r: reqwest::Response) -> String {
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A registry served in-process until dropped.
 pub struct Server {
     pub url: String,
