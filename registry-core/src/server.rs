@@ -11,8 +11,11 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, BodyStream, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{
+    combinators::{BoxBody, UnsyncBoxBody},
+    BodyExt, BodyStream, Empty, Full, StreamBody,
+};
+use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tracing::Instrument;
@@ -25,7 +28,11 @@ use crate::routes::{self, query_param, Route};
 use crate::storage::ByteStream;
 use crate::{manifest, metrics};
 
+/// A response body.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+/// A request body: hyper's, or whatever the embedding server reads (`Sync`, as requests are held
+/// across awaits).
+pub type RequestBody = BoxBody<Bytes, std::io::Error>;
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -92,6 +99,9 @@ pub async fn serve(
                 let registry = registry.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let registry = registry.clone();
+                    let req = req.map(|b: hyper::body::Incoming| {
+                        b.map_err(std::io::Error::other).boxed()
+                    });
                     async move { Ok::<_, Infallible>(handle(&registry, req).await) }
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new($io), svc);
@@ -131,8 +141,9 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
-/// Answers one request.
-pub async fn handle(registry: &Registry, req: Request<Incoming>) -> Response<Body> {
+/// Answers one request. Any HTTP server can call it: `serve` here, and the edge, which serves its
+/// embedded registry in-process.
+pub async fn handle(registry: &Registry, req: Request<RequestBody>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -226,21 +237,20 @@ fn parse_upload_id(s: &str) -> Result<UploadId, RegistryError> {
     s.parse().map_err(|_| RegistryError::upload_unknown())
 }
 
-fn header_str(req: &Request<Incoming>, name: HeaderName) -> Option<&str> {
+fn header_str(req: &Request<RequestBody>, name: HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The request body as a stream of data chunks.
-fn body_stream(body: Incoming) -> ByteStream {
+fn body_stream(body: RequestBody) -> ByteStream {
     Box::pin(
         BodyStream::new(body)
-            .try_filter_map(|f: Frame<Bytes>| async move { Ok(f.into_data().ok()) })
-            .map_err(std::io::Error::other),
+            .try_filter_map(|f: Frame<Bytes>| async move { Ok(f.into_data().ok()) }),
     )
 }
 
 /// Reads a whole (small) body, refusing more than `limit` bytes.
-async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, RegistryError> {
+async fn read_limited(body: RequestBody, limit: usize) -> Result<Bytes, RegistryError> {
     let mut s = body_stream(body);
     let mut buf = bytes::BytesMut::new();
     while let Some(c) = s.next().await {
@@ -256,7 +266,7 @@ async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, RegistryErr
 }
 
 /// `Content-Range: <start>-<end>` of an upload chunk (also accepts a `bytes ` prefix).
-fn chunk_range(req: &Request<Incoming>) -> Result<Option<ChunkRange>, RegistryError> {
+fn chunk_range(req: &Request<RequestBody>) -> Result<Option<ChunkRange>, RegistryError> {
     let Some(v) = req.headers().get(header::CONTENT_RANGE) else {
         return Ok(None);
     };
@@ -282,7 +292,7 @@ fn chunk_range(req: &Request<Incoming>) -> Result<Option<ChunkRange>, RegistryEr
     Ok(Some(ChunkRange { start, end }))
 }
 
-fn content_length(req: &Request<Incoming>) -> Option<u64> {
+fn content_length(req: &Request<RequestBody>) -> Option<u64> {
     header_str(req, header::CONTENT_LENGTH).and_then(|v| v.parse().ok())
 }
 
@@ -337,7 +347,7 @@ fn json_response(value: &serde_json::Value, content_type: &str) -> Response<Body
 async fn dispatch(
     registry: &Registry,
     route: Route,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, RegistryError> {
     let method = req.method().clone();
     match (route, method) {
@@ -591,7 +601,7 @@ async fn get_blob(
     registry: &Registry,
     name: &RepoName,
     digest: &Digest,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
     let size = registry.blob_size(name, digest).await?;
@@ -636,7 +646,7 @@ async fn get_blob(
 async fn start_upload(
     registry: &Registry,
     name: &RepoName,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, RegistryError> {
     let query = req.uri().query().map(str::to_owned);
     let query = query.as_deref();

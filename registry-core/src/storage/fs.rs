@@ -3,14 +3,16 @@
 //! Atomic puts write a temporary file under `<root>/.tmp`, fsync it, rename it into place and
 //! fsync the directory. Streamed writes are fsynced on commit.
 
-use std::io::SeekFrom;
+use std::future::Future;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
+use tokio::io::AsyncWriteExt;
 
 use super::{ByteStream, ObjectMeta, ObjectWriter, Storage, StorageError};
 
@@ -148,21 +150,20 @@ impl Storage for FsStorage {
         key: &str,
         range: Option<Range<u64>>,
     ) -> Result<ByteStream, StorageError> {
-        use tokio::io::AsyncReadExt;
         let p = self.resolve(key)?;
-        let mut f = tokio::fs::File::open(&p)
+        let f = tokio::fs::File::open(&p)
             .await
-            .map_err(|e| StorageError::io(key, e))?;
-        match range {
-            None => Ok(Box::pin(ReaderStream::with_capacity(f, READ_CHUNK))),
-            Some(r) => {
-                f.seek(SeekFrom::Start(r.start))
-                    .await
-                    .map_err(|e| StorageError::io(key, e))?;
-                let limited = f.take(r.end.saturating_sub(r.start));
-                Ok(Box::pin(ReaderStream::with_capacity(limited, READ_CHUNK)))
+            .map_err(|e| StorageError::io(key, e))?
+            .into_std()
+            .await;
+        let range = match range {
+            Some(r) => r,
+            None => {
+                let len = f.metadata().map_err(|e| StorageError::io(key, e))?.len();
+                0..len
             }
-        }
+        };
+        Ok(Box::pin(FileStream::new(f, range)))
     }
 
     async fn list(&self, key: &str) -> Result<Vec<String>, StorageError> {
@@ -284,6 +285,41 @@ mod tests {
     use futures_util::TryStreamExt;
 
     #[tokio::test]
+    async fn reads_span_chunks_exactly_and_a_shrunk_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..READ_CHUNK * 2 + 123).map(|i| (i * 7) as u8).collect();
+        s.put("big", Bytes::from(data.clone())).await.unwrap();
+        let whole: Vec<Bytes> = s
+            .reader("big", None)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(whole.concat(), data);
+        let r = (READ_CHUNK - 5) as u64..(2 * READ_CHUNK + 7) as u64;
+        let part: Vec<Bytes> = s
+            .reader("big", Some(r.clone()))
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(part.concat(), &data[r.start as usize..r.end as usize]);
+        // Truncated after opening: the stream fails rather than ending short.
+        let stream = s.reader("big", None).await.unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("big"))
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let read: Result<Vec<Bytes>, _> = stream.try_collect().await;
+        assert_eq!(read.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
     async fn put_get_list_range_delete() {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStorage::open(dir.path()).unwrap();
@@ -324,6 +360,85 @@ mod tests {
                 matches!(s.get(bad).await, Err(StorageError::InvalidPath(_))),
                 "{bad}"
             );
+        }
+    }
+}
+
+/// A file's bytes in `range`, read on the blocking pool straight into the buffers that are
+/// handed on (tokio's `File` reads into its own buffer and copies out, one more pass over every
+/// byte served), one chunk read ahead of the consumer.
+struct FileStream {
+    file: Arc<std::fs::File>,
+    next: u64,
+    end: u64,
+    pending: Option<tokio::task::JoinHandle<std::io::Result<Bytes>>>,
+}
+
+impl FileStream {
+    fn new(file: std::fs::File, range: Range<u64>) -> FileStream {
+        let mut s = FileStream {
+            file: Arc::new(file),
+            next: range.start,
+            end: range.end.max(range.start),
+            pending: None,
+        };
+        s.read_ahead();
+        s
+    }
+
+    /// Starts reading the next chunk, if any is left.
+    fn read_ahead(&mut self) {
+        let len = (self.end - self.next).min(READ_CHUNK as u64) as usize;
+        if len == 0 {
+            return;
+        }
+        let (file, offset) = (self.file.clone(), self.next);
+        self.next += len as u64;
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            read_exact_at(&file, len, offset)
+        }));
+    }
+}
+
+/// `len` bytes at `offset`, read into fresh (uninitialised, so not zeroed first) memory; a file
+/// that ends early is an error, never a short body.
+fn read_exact_at(file: &std::fs::File, len: usize, offset: u64) -> std::io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        if rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file is shorter than when it was opened",
+            ));
+        }
+    }
+    // The allocation may be larger than asked for, and a read may have filled all of it.
+    buf.truncate(len);
+    Ok(Bytes::from(buf))
+}
+
+impl futures_util::Stream for FileStream {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = match std::task::ready!(Pin::new(pending).poll(cx)) {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        self.pending = None;
+        match result {
+            Ok(chunk) => {
+                self.read_ahead();
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Err(e) => {
+                self.next = self.end;
+                Poll::Ready(Some(Err(e)))
+            }
         }
     }
 }
