@@ -9,11 +9,13 @@
 //! - [`auth`]: htpasswd (bcrypt) parsing, first-user creation, and the cached verifier.
 //! - [`lockout`]: failed logins per client address and user name; 429 with a growing delay.
 //! - [`access`]: access rules (users, groups, repository patterns, pull/push/delete).
-//! - [`proxy`]: the pingora `ProxyHttp` implementation: auth, upstream choice, forwarding headers,
-//!   the API-version header, and the JSON error answers.
+//! - [`proxy`]: the pingora `ProxyHttp` implementation: auth, then either the embedded
+//!   registry-core's handler called in-process, or upstream choice and forwarding headers for
+//!   upstream URLs; the API-version header, and the JSON error answers.
 //! - [`metrics`]: `regedge_*` Prometheus metrics, served with the core's `regcore_*` ones.
 //! - [`run`] (here): checks every file first, then starts pingora with the TLS listener, the
-//!   embedded registry-core (a background service on a Unix socket) and the metrics listener.
+//!   embedded registry-core's housekeeping (its requests are answered in-process by [`proxy`],
+//!   with no socket between the two) and the metrics listener.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -34,7 +36,6 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
-use pingora::services::ServiceReadyNotifier;
 
 use crate::auth::{Authenticator, Htpasswd};
 use crate::config::{Config, Upstream};
@@ -108,50 +109,19 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     })
 }
 
-/// registry-core serving on a Unix socket inside the edge's process.
+/// The embedded registry-core's housekeeping: purging stale uploads. (Its requests are served
+/// in-process by the proxy, see `proxy::Edge::serve_embedded`.)
 struct CoreService {
-    listener: Mutex<Option<std::os::unix::net::UnixListener>>,
-    socket: PathBuf,
     config: registry_core::Config,
     registry: Arc<registry_core::Registry>,
-    drain: Duration,
 }
 
 #[async_trait]
 impl BackgroundService for CoreService {
-    async fn start_with_ready_notifier(
-        &self,
-        mut shutdown: ShutdownWatch,
-        ready: ServiceReadyNotifier,
-    ) {
-        let Some(std_listener) = self.listener.lock().expect("listener lock").take() else {
-            return;
-        };
-        let listener = match tokio::net::UnixListener::from_std(std_listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "embedded registry-core cannot use its socket");
-                return;
-            }
-        };
-        ready.notify_ready();
+    async fn start(&self, mut shutdown: ShutdownWatch) {
         let purger = registry_core::spawn_upload_purger(self.registry.clone(), &self.config);
-        let drain = self.drain;
-        let result = registry_core::serve(
-            registry_core::Listener::Unix(listener, self.socket.clone()),
-            self.registry.clone(),
-            async move {
-                let _ = shutdown.changed().await;
-                // The proxy drains its transfers first; keep serving them meanwhile.
-                tokio::time::sleep(drain).await;
-            },
-        )
-        .await;
+        let _ = shutdown.changed().await;
         purger.abort();
-        let _ = std::fs::remove_file(&self.socket);
-        if let Err(e) = result {
-            tracing::error!(error = %e, "embedded registry-core stopped");
-        }
     }
 }
 
@@ -285,16 +255,6 @@ impl BackgroundService for ReadyLog {
 }
 
 /// A Unix socket path for the embedded core, unique to this process.
-fn socket_path() -> PathBuf {
-    let mut n = [0u8; 6];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut n);
-    std::env::temp_dir().join(format!(
-        "registry-edge-{}-{}.sock",
-        std::process::id(),
-        hex::encode(n)
-    ))
-}
-
 /// Runs the edge until `args.shutdown_signal` fires (SIGTERM by default): every file is checked
 /// before anything listens, then pingora serves until shutdown and transfers drain.
 pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
@@ -317,30 +277,20 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut dependencies = Vec::new();
     let upstreams = match &config.upstream {
         Upstream::Embedded(core_config) => {
-            let socket = socket_path();
             let registry =
                 registry_core::open(core_config).map_err(|source| StartError::Storage {
                     path: core_config.root.clone(),
                     source,
                 })?;
-            let listener = std::os::unix::net::UnixListener::bind(&socket)
-                .map_err(listen_err(&socket.display().to_string()))?;
-            listener
-                .set_nonblocking(true)
-                .map_err(listen_err(&socket.display().to_string()))?;
             tracing::info!(root = %core_config.root.display(), delete = core_config.delete_enabled, "embedded registry-core");
             let core = CoreService {
-                listener: Mutex::new(Some(listener)),
-                socket: socket.clone(),
                 config: core_config.clone(),
-                registry,
-                drain: drain + Duration::from_secs(1),
+                registry: registry.clone(),
             };
-            dependencies.push(server.add_service(background_service("registry-core", core)));
-            Upstreams::Socket(socket)
+            server.add_service(background_service("registry-core", core));
+            Upstreams::Embedded(registry)
         }
         Upstream::Urls(urls) => Upstreams::urls(urls.clone()),
     };
@@ -371,8 +321,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
     };
     let conf = server.configuration.clone();
     let mut proxy = pingora::proxy::http_proxy(&conf, edge);
-    // The default 64 KiB h2 windows make uploads over HTTP/2 several times slower.
-    let mut h2 = pingora::protocols::http::v2::server::H2Options::new();
+    // pingora's bounded defaults (header-list size, concurrent streams), with larger windows:
+    // the default 64 KiB h2 windows make uploads over HTTP/2 several times slower.
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
     h2.initial_window_size(8 * 1024 * 1024)
         .initial_connection_window_size(16 * 1024 * 1024)
         .max_frame_size(1024 * 1024);
@@ -386,7 +337,6 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
     }
     service.add_tls_with_settings(&config.listen, None, tls_settings);
     let proxy_handle = server.add_service(service);
-    proxy_handle.add_dependencies(dependencies.iter());
     server.add_service(background_service(
         "reloader",
         Reloader {
