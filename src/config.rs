@@ -223,7 +223,7 @@ impl Default for MetricsSection {
 /// Where requests go.
 #[derive(Debug, Clone)]
 pub enum Upstream {
-    /// registry-core in this process, reached over a Unix socket.
+    /// registry-core in this process, its handler called by the proxy directly.
     Embedded(registry_core::Config),
     /// One or more Distribution-compatible registries, used in turn.
     Urls(Vec<UpstreamUrl>),
@@ -490,7 +490,7 @@ impl Config {
             core.upload_purge_age =
                 duration("storage.upload_purge_age", &f.storage.upload_purge_age)?;
             core.gc_grace = duration("storage.gc_grace", &f.storage.gc_grace)?;
-            // The socket is chosen at start (see `crate::run`).
+            // Served in-process by the proxy: the core listens nowhere.
             core.listen = String::new();
             core.metrics_listen = None;
             Upstream::Embedded(core)

@@ -254,7 +254,6 @@ impl BackgroundService for ReadyLog {
     }
 }
 
-/// A Unix socket path for the embedded core, unique to this process.
 /// Runs the edge until `args.shutdown_signal` fires (SIGTERM by default): every file is checked
 /// before anything listens, then pingora serves until shutdown and transfers drain.
 pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {

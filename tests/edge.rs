@@ -392,6 +392,42 @@ fn expect_continue_gets_401_before_the_body() {
     assert!(head.starts_with("HTTP/1.1 201"), "{head}");
 }
 
+/// The embedded registry may answer before it has read the body (here: an unknown upload). The
+/// answer arrives while the client is still sending, the connection is closed rather than reused
+/// with a body half read, and the edge goes on serving.
+#[test]
+fn an_answer_before_the_body_closes_the_connection() {
+    let edge = Edge::start();
+    let auth = basic(&edge.user, &edge.password);
+    let mut s = raw_tls(&edge);
+    let upload = "/v2/x/blobs/uploads/0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    write!(
+        s,
+        "PUT {upload}?digest={} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Length: 67108864\r\n\r\n",
+        sha256(b"x"),
+        edge.addr,
+    )
+    .unwrap();
+    s.write_all(&vec![0u8; 1 << 20]).unwrap();
+    s.flush().unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let mut s = raw_tls(&edge);
+    write!(
+        s,
+        "GET /v2/ HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\n\r\n",
+        edge.addr
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
 #[test]
 fn oversized_header_block_and_slow_headers() {
     let edge = Edge::start();
