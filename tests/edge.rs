@@ -428,6 +428,75 @@ fn an_answer_before_the_body_closes_the_connection() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
+/// A client that drops its connection halfway through a monolithic upload leaves no blob behind,
+/// and the same upload then succeeds.
+#[test]
+fn an_upload_cut_off_midway_leaves_nothing_and_can_be_redone() {
+    let edge = Edge::start();
+    let auth = basic(&edge.user, &edge.password);
+    let data = random_bytes(4 << 20);
+    let digest = sha256(&data);
+    let start_upload = |s: &mut rustls::StreamOwned<
+        rustls::ClientConnection,
+        std::net::TcpStream,
+    >| {
+        write!(s, "POST /v2/cut/blobs/uploads/ HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n", edge.addr).unwrap();
+        s.flush().unwrap();
+        let head = read_head(s);
+        assert!(head.starts_with("HTTP/1.1 202"), "{head}");
+        head.lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("location:")
+                    .then(|| l[9..].trim().to_owned())
+            })
+            .unwrap()
+    };
+    let put = |s: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+               location: &str| {
+        let sep = if location.contains('?') { '&' } else { '?' };
+        write!(
+            s,
+            "PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
+            edge.addr,
+            data.len()
+        )
+        .unwrap();
+    };
+    let blob_status = || {
+        let mut s = raw_tls(&edge);
+        write!(
+            s,
+            "HEAD /v2/cut/blobs/{digest} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\n\r\n",
+            edge.addr
+        )
+        .unwrap();
+        s.flush().unwrap();
+        read_head(&mut s)
+    };
+    {
+        let mut s = raw_tls(&edge);
+        let location = start_upload(&mut s);
+        put(&mut s, &location);
+        s.write_all(&data[..1 << 20]).unwrap();
+        s.flush().unwrap();
+        s.sock.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let head = blob_status();
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let mut s = raw_tls(&edge);
+    let location = start_upload(&mut s);
+    put(&mut s, &location);
+    s.write_all(&data).unwrap();
+    s.flush().unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    let head = blob_status();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains(&format!("{}", data.len())), "{head}");
+}
+
 #[test]
 fn oversized_header_block_and_slow_headers() {
     let edge = Edge::start();
