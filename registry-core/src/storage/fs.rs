@@ -320,6 +320,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn streamed_writes_keep_order_across_small_and_large_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let mut expect = Vec::new();
+        let mut w = s.writer("up/data", false).await.unwrap();
+        // Chunks smaller and larger than the write buffer's share, enough for several flushes.
+        for i in 0..400usize {
+            let n = if i % 3 == 0 {
+                70_000
+            } else {
+                1 + i * 13 % 9_000
+            };
+            let chunk: Vec<u8> = (0..n).map(|j| (i * 31 + j) as u8).collect();
+            expect.extend_from_slice(&chunk);
+            w.write(Bytes::from(chunk)).await.unwrap();
+        }
+        assert_eq!(w.size(), expect.len() as u64);
+        assert_eq!(w.commit().await.unwrap(), expect.len() as u64);
+        let mut w = s.writer("up/data", true).await.unwrap();
+        assert_eq!(w.size(), expect.len() as u64);
+        w.write(Bytes::from_static(b"tail")).await.unwrap();
+        expect.extend_from_slice(b"tail");
+        w.commit().await.unwrap();
+        assert_eq!(&s.get("up/data").await.unwrap()[..], &expect[..]);
+    }
+
+    #[tokio::test]
     async fn put_get_list_range_delete() {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStorage::open(dir.path()).unwrap();
