@@ -135,21 +135,12 @@ fn expects_continue(req: &RequestHeader) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// The request as registry-core's handler takes it (origin-form URI, the client's headers but
-/// `Expect`, which the edge has answered).
-fn core_request(req: &RequestHeader) -> Result<http::Request<()>> {
-    let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = http::Request::builder()
-        .method(req.method.clone())
-        .uri(pq)
-        .body(())
-        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "bad request URI", e))?;
-    for (name, value) in &req.headers {
-        if name != http::header::EXPECT {
-            out.headers_mut().append(name.clone(), value.clone());
-        }
-    }
-    Ok(out)
+/// The request as registry-core's handler takes it: the client's, but for `Expect`, which the
+/// edge has answered.
+fn core_request(req: &RequestHeader) -> http::Request<()> {
+    let mut parts = req.as_owned_parts();
+    parts.headers.remove(http::header::EXPECT);
+    http::Request::from_parts(parts, ())
 }
 
 impl Edge {
@@ -305,7 +296,7 @@ impl Edge {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let request = core_request(session.req_header())?;
+        let request = core_request(session.req_header());
         if expects_continue(session.req_header()) {
             session.write_continue_response().await?;
         }
@@ -315,53 +306,39 @@ impl Edge {
         let request = request.map(|()| http_body_util::StreamBody::new(body).boxed());
         let handler = registry_core::server::handle(registry, request);
         tokio::pin!(handler);
-        // Pump the request body while the handler runs; a chunk read is held until the channel
-        // has room, so the handler is polled all the while.
-        let mut tx = Some(tx);
-        let mut held: Option<std::io::Result<Bytes>> = None;
-        let response = loop {
-            let sender = tx.clone();
-            tokio::select! {
-                biased;
-                response = &mut handler => break response,
-                permit = async { sender.as_ref().expect("held only with a sender").reserve().await },
-                    if held.is_some() =>
-                {
-                    match permit {
-                        Ok(p) => {
-                            let chunk = held.take().expect("a held chunk");
-                            let failed = chunk.is_err();
-                            p.send(chunk);
-                            if failed {
-                                tx = None;
-                            }
-                        }
-                        // The handler dropped the body: it has its answer.
-                        Err(_) => (held, tx) = (None, None),
-                    }
-                }
-                read = session.read_request_body(), if held.is_none() && tx.is_some() => {
-                    match read {
-                        Ok(Some(chunk)) => held = Some(Ok(chunk)),
-                        Ok(None) => tx = None,
-                        Err(e) => held = Some(Err(std::io::Error::other(e.to_string()))),
+        // Pump the request body while the handler runs: a chunk is read only once the channel has
+        // room for it, and the handler is polled all the while. The pump owns the sender: when it
+        // ends, so does the body.
+        let downstream = &mut *session;
+        let pump = async move {
+            // An error means the handler dropped the body: it has its answer.
+            while let Ok(permit) = tx.reserve().await {
+                match downstream.read_request_body().await {
+                    Ok(Some(chunk)) => permit.send(Ok(chunk)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        permit.send(Err(std::io::Error::other(e.to_string())));
+                        break;
                     }
                 }
             }
+            drop(tx);
         };
-        drop(tx);
+        let response = tokio::select! {
+            biased;
+            response = &mut handler => response,
+            () = pump => handler.await,
+        };
         if !session.is_body_done() {
             // The answer came before the whole body: the connection cannot carry another request.
             session.set_keepalive(None);
         }
         let (parts, mut body) = response.into_parts();
-        ctx.status = parts.status.as_u16();
-        let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))?;
-        for (name, value) in &parts.headers {
-            header.append_header(name.clone(), value.clone())?;
-        }
+        let status = parts.status;
+        ctx.status = status.as_u16();
+        let mut header = ResponseHeader::from(parts);
         let head = session.req_header().method == http::Method::HEAD;
-        if ctx.catalog.is_some() && parts.status == http::StatusCode::OK && !head {
+        if ctx.catalog.is_some() && status == http::StatusCode::OK && !head {
             let collected = body
                 .collect()
                 .await
