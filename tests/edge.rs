@@ -308,7 +308,9 @@ async fn upstream_down_and_back() {
 }
 
 /// A TLS connection to the edge that trusts its CA, for requests no HTTP client library sends.
-fn raw_tls(edge: &Edge) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+type RawTls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+fn raw_tls(edge: &Edge) -> RawTls {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut edge.ca_pem().as_slice()) {
         roots.add(c.unwrap()).unwrap();
@@ -341,6 +343,21 @@ fn read_head(s: &mut impl Read) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Starts an upload in `repo` on a raw connection; returns where to continue it (`Location`).
+fn start_upload(s: &mut RawTls, edge: &Edge, auth: &str, repo: &str) -> String {
+    write!(s, "POST /v2/{repo}/blobs/uploads/ HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n", edge.addr).unwrap();
+    s.flush().unwrap();
+    let head = read_head(s);
+    assert!(head.starts_with("HTTP/1.1 202"), "{head}");
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("location:")
+                .then(|| l[9..].trim().to_owned())
+        })
+        .unwrap()
+}
+
 #[test]
 fn expect_continue_gets_401_before_the_body() {
     let edge = Edge::start();
@@ -364,18 +381,7 @@ fn expect_continue_gets_401_before_the_body() {
     // With good credentials the client is told to continue, and the upload goes through.
     let auth = basic(&edge.user, &edge.password);
     let mut s = raw_tls(&edge);
-    write!(s, "POST /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n", edge.addr).unwrap();
-    s.flush().unwrap();
-    let head = read_head(&mut s);
-    assert!(head.starts_with("HTTP/1.1 202"), "{head}");
-    let location = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .starts_with("location:")
-                .then(|| l[9..].trim().to_owned())
-        })
-        .unwrap();
+    let location = start_upload(&mut s, &edge, &auth, "x");
     write!(
         s,
         "PUT {location}?digest={} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
@@ -436,24 +442,7 @@ fn an_upload_cut_off_midway_leaves_nothing_and_can_be_redone() {
     let auth = basic(&edge.user, &edge.password);
     let data = random_bytes(4 << 20);
     let digest = sha256(&data);
-    let start_upload = |s: &mut rustls::StreamOwned<
-        rustls::ClientConnection,
-        std::net::TcpStream,
-    >| {
-        write!(s, "POST /v2/cut/blobs/uploads/ HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n", edge.addr).unwrap();
-        s.flush().unwrap();
-        let head = read_head(s);
-        assert!(head.starts_with("HTTP/1.1 202"), "{head}");
-        head.lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .starts_with("location:")
-                    .then(|| l[9..].trim().to_owned())
-            })
-            .unwrap()
-    };
-    let put = |s: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
-               location: &str| {
+    let put = |s: &mut RawTls, location: &str| {
         let sep = if location.contains('?') { '&' } else { '?' };
         write!(
             s,
@@ -476,7 +465,7 @@ fn an_upload_cut_off_midway_leaves_nothing_and_can_be_redone() {
     };
     {
         let mut s = raw_tls(&edge);
-        let location = start_upload(&mut s);
+        let location = start_upload(&mut s, &edge, &auth, "cut");
         put(&mut s, &location);
         s.write_all(&data[..1 << 20]).unwrap();
         s.flush().unwrap();
@@ -486,7 +475,7 @@ fn an_upload_cut_off_midway_leaves_nothing_and_can_be_redone() {
     let head = blob_status();
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     let mut s = raw_tls(&edge);
-    let location = start_upload(&mut s);
+    let location = start_upload(&mut s, &edge, &auth, "cut");
     put(&mut s, &location);
     s.write_all(&data).unwrap();
     s.flush().unwrap();
