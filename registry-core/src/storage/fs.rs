@@ -16,8 +16,12 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ByteStream, ObjectMeta, ObjectWriter, Storage, StorageError};
 
-/// Read chunk size for blob streams.
-const READ_CHUNK: usize = 256 * 1024;
+/// Read chunk size for blob streams. Serving a 1 GiB blob over plaintext HTTP/1.1 on loopback
+/// (2 cores, curl as the client), 1 MiB chunks cost the server 0.35 CPU-s against 0.42 for
+/// 256 KiB and ran ~25% faster; 2 MiB was no better. A stream reads one chunk ahead of its
+/// consumer, so reading overlaps sending: reading inline with `RWF_NOWAIT` instead was ~15%
+/// slower.
+const READ_CHUNK: usize = 1024 * 1024;
 /// Write buffer for streamed writes.
 const WRITE_BUFFER: usize = 1024 * 1024;
 const TMP_DIR: &str = ".tmp";
