@@ -155,18 +155,18 @@ impl Storage for FsStorage {
         range: Option<Range<u64>>,
     ) -> Result<ByteStream, StorageError> {
         let p = self.resolve(key)?;
-        let f = tokio::fs::File::open(&p)
-            .await
-            .map_err(|e| StorageError::io(key, e))?
-            .into_std()
-            .await;
-        let range = match range {
-            Some(r) => r,
-            None => {
-                let len = f.metadata().map_err(|e| StorageError::io(key, e))?.len();
-                0..len
-            }
-        };
+        // Opening and (for a whole file) sizing it are one trip to the blocking pool.
+        let (f, range) = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&p)?;
+            let range = match range {
+                Some(r) => r,
+                None => 0..f.metadata()?.len(),
+            };
+            Ok::<_, std::io::Error>((f, range))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|e| StorageError::io(key, e))?;
         Ok(Box::pin(FileStream::new(f, range)))
     }
 
