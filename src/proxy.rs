@@ -97,6 +97,9 @@ pub struct Ctx {
     counted: bool,
     /// The catalog answer is collected here and filtered to what the user may pull.
     catalog: Option<Vec<u8>>,
+    /// How long the answer took, when the edge answered itself (so a [`linger`] afterwards is
+    /// not counted in the request's duration).
+    answered_in: Option<Duration>,
 }
 
 /// The registry's JSON error body.
@@ -133,6 +136,30 @@ fn expects_continue(req: &RequestHeader) -> bool {
     req.headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// How long in all, and how long between reads, the edge goes on reading an HTTP/1 request body
+/// after answering without it (as nginx's `lingering_time` and `lingering_timeout`).
+const LINGER_TOTAL: Duration = Duration::from_secs(30);
+const LINGER_IDLE: Duration = Duration::from_secs(5);
+
+/// Reads and discards what is left of a request body after the answer has gone out, for a
+/// bounded time, before the connection closes. Closing a socket with unread data makes the kernel
+/// reset the connection, and a client still sending its body (most HTTP/1 clients write the
+/// whole body before they read) then sees a failed write instead of the answer. HTTP/2 ends the
+/// stream instead, and a body already read needs nothing.
+async fn linger(session: &mut Session) {
+    if session.is_http2() || session.is_body_done() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER_TOTAL;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(LINGER_IDLE.min(left), session.read_request_body()).await {
+            Ok(Ok(Some(_))) => {}
+            _ => return,
+        }
+    }
 }
 
 /// The request as registry-core's handler takes it: the client's, but for `Expect`, which the
@@ -440,18 +467,24 @@ impl ProxyHttp for Edge {
             tries: 0,
             counted: false,
             catalog: None,
+            answered_in: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if self.admit(session, ctx).await? {
-            return Ok(true);
-        }
-        if let Upstreams::Embedded(registry) = &self.upstreams {
+        let answered = if self.admit(session, ctx).await? {
+            true
+        } else if let Upstreams::Embedded(registry) = &self.upstreams {
             self.serve_embedded(registry, session, ctx).await?;
-            return Ok(true);
+            true
+        } else {
+            false
+        };
+        if answered {
+            ctx.answered_in = Some(ctx.start.elapsed());
+            linger(session).await;
         }
-        Ok(false)
+        Ok(answered)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -625,7 +658,7 @@ impl ProxyHttp for Edge {
         } else {
             session.response_written().map_or(0, |r| r.status.as_u16())
         };
-        let elapsed = ctx.start.elapsed();
+        let elapsed = ctx.answered_in.unwrap_or_else(|| ctx.start.elapsed());
         let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
         metrics::REQUESTS
             .with_label_values(&[ctx.route, &method, &status.to_string()])
