@@ -91,11 +91,22 @@ impl FsStorage {
     }
 }
 
+/// The outcome of a blocking-pool task, a task that panicked or was cancelled being an I/O error.
+fn joined<T>(r: Result<std::io::Result<T>, tokio::task::JoinError>) -> std::io::Result<T> {
+    r.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// Runs blocking file I/O on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    joined(tokio::task::spawn_blocking(f).await)
+}
+
 async fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
     let d = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&d).and_then(|f| f.sync_all()))
+    blocking(move || std::fs::File::open(&d).and_then(|f| f.sync_all()))
         .await
-        .map_err(|e| StorageError::io(dir.display().to_string(), std::io::Error::other(e)))?
         .map_err(|e| StorageError::io(dir.display().to_string(), e))
 }
 
@@ -156,16 +167,15 @@ impl Storage for FsStorage {
     ) -> Result<ByteStream, StorageError> {
         let p = self.resolve(key)?;
         // Opening and (for a whole file) sizing it are one trip to the blocking pool.
-        let (f, range) = tokio::task::spawn_blocking(move || {
+        let (f, range) = blocking(move || {
             let f = std::fs::File::open(&p)?;
             let range = match range {
                 Some(r) => r,
                 None => 0..f.metadata()?.len(),
             };
-            Ok::<_, std::io::Error>((f, range))
+            Ok((f, range))
         })
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
         .map_err(|e| StorageError::io(key, e))?;
         Ok(Box::pin(FileStream::new(f, range)))
     }
@@ -456,10 +466,7 @@ impl futures_util::Stream for FileStream {
         let Some(pending) = self.pending.as_mut() else {
             return Poll::Ready(None);
         };
-        let result = match std::task::ready!(Pin::new(pending).poll(cx)) {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(e)),
-        };
+        let result = joined(std::task::ready!(Pin::new(pending).poll(cx)));
         self.pending = None;
         match result {
             Ok(chunk) => {
