@@ -84,7 +84,26 @@ pub fn init() {
     LazyLock::force(&STORAGE_ERRORS);
 }
 
-pub fn request(route: &str, method: &str, code: u16, seconds: f64) {
+/// A method as a metric label: one of the standard methods, or `other`. A client chooses the
+/// method, so it is never used as a label as it is.
+pub fn method_label(m: &http::Method) -> &'static str {
+    use http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+pub fn request(route: &str, method: &http::Method, code: u16, seconds: f64) {
+    let method = method_label(method);
     REQUESTS
         .with_label_values(&[route, method, &code.to_string()])
         .inc();

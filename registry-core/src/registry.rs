@@ -17,6 +17,9 @@ use crate::metrics;
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::storage::{layout, ByteStream, Storage};
 
+/// How long an upload session that never received data is kept.
+pub const EMPTY_UPLOAD_AGE: Duration = Duration::from_secs(3600);
+
 /// Settings the registry's behaviour depends on.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -215,6 +218,25 @@ impl Registry {
             .remove(&format!("{name}@{id}"));
     }
 
+    /// Passes `r` on; when it says the upload is unknown, drops the state made for it, so that
+    /// nothing about an id the store does not have is kept in memory.
+    fn forget_unknown<T>(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        r: Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        if matches!(&r, Err(e) if e.code == ErrorCode::BlobUploadUnknown) {
+            self.forget_upload(name, id);
+        }
+        r
+    }
+
+    /// In-memory upload states (for tests).
+    pub fn upload_states(&self) -> usize {
+        self.uploads.lock().expect("upload map lock").len()
+    }
+
     /// Starts an upload session.
     pub async fn start_upload(&self, name: &RepoName) -> Result<UploadId, RegistryError> {
         let id = UploadId::new_random();
@@ -250,7 +272,8 @@ impl Registry {
     ) -> Result<UploadProgress, RegistryError> {
         let state = self.upload_state(name, id);
         let mut state = state.lock().await;
-        let size = self.write_upload(name, id, &mut state, range, body).await?;
+        let size = self.write_upload(name, id, &mut state, range, body).await;
+        let size = self.forget_unknown(name, id, size)?;
         Ok(UploadProgress {
             id: id.clone(),
             size,
@@ -353,7 +376,8 @@ impl Registry {
     ) -> Result<u64, RegistryError> {
         let state_arc = self.upload_state(name, id);
         let mut state = state_arc.lock().await;
-        let size = self.write_upload(name, id, &mut state, range, body).await?;
+        let size = self.write_upload(name, id, &mut state, range, body).await;
+        let size = self.forget_unknown(name, id, size)?;
         let data = layout::upload_data(name, id);
         let actual = match state.hash.take() {
             Some((offset, h)) if offset == size && h.algorithm() == digest.algorithm() => {
@@ -395,7 +419,8 @@ impl Registry {
     pub async fn cancel_upload(&self, name: &RepoName, id: &UploadId) -> Result<(), RegistryError> {
         let state = self.upload_state(name, id);
         let _guard = state.lock().await;
-        self.upload_size(name, id).await?;
+        let known = self.upload_size(name, id).await;
+        self.forget_unknown(name, id, known)?;
         self.storage.delete(&layout::upload_dir(name, id)).await?;
         self.forget_upload(name, id);
         metrics::upload_outcome("cancelled");
@@ -639,7 +664,9 @@ impl Registry {
 
     // ---- maintenance ----
 
-    /// Deletes upload sessions started longer than `max_age` ago. Returns how many went.
+    /// Deletes upload sessions started longer than `max_age` ago, and sessions that never got
+    /// past their first request (no data) after [`EMPTY_UPLOAD_AGE`] or `max_age`, whichever is
+    /// sooner. Returns how many went.
     pub async fn purge_uploads(&self, max_age: Duration) -> Result<usize, RegistryError> {
         let now = SystemTime::now();
         let mut purged = 0;
@@ -664,14 +691,21 @@ impl Registry {
                         .and_then(|s| humantime::parse_rfc3339_weak(s.trim()).ok()),
                     Err(_) => None,
                 };
-                let started = match started {
-                    Some(t) => t,
-                    None => match self.storage.stat(&layout::upload_data(&name, &id)).await {
-                        Ok(m) => m.modified,
-                        Err(_) => SystemTime::UNIX_EPOCH,
-                    },
+                let data = self
+                    .storage
+                    .stat(&layout::upload_data(&name, &id))
+                    .await
+                    .ok();
+                let started = started
+                    .or(data.as_ref().map(|m| m.modified))
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                let empty = data.as_ref().is_none_or(|m| m.size == 0);
+                let limit = if empty {
+                    max_age.min(EMPTY_UPLOAD_AGE)
+                } else {
+                    max_age
                 };
-                if now.duration_since(started).unwrap_or_default() > max_age {
+                if now.duration_since(started).unwrap_or_default() > limit {
                     let state = self.upload_state(&name, &id);
                     let _guard = state.lock().await;
                     self.storage.delete(&layout::upload_dir(&name, &id)).await?;
@@ -682,6 +716,19 @@ impl Registry {
             }
         }
         Ok(purged)
+    }
+
+    /// Discards an upload session at once (a monolithic upload that failed: its client was
+    /// never given the session, so nobody can resume it).
+    pub async fn discard_upload(&self, name: &RepoName, id: &UploadId) {
+        let state = self.upload_state(name, id);
+        let _guard = state.lock().await;
+        if let Err(e) = self.storage.delete(&layout::upload_dir(name, id)).await {
+            if !e.is_not_found() {
+                tracing::warn!(error = %e, "could not discard a failed upload");
+            }
+        }
+        self.forget_upload(name, id);
     }
 
     /// Every repository directory (with manifests, or only uploads or layers), sorted.

@@ -100,11 +100,13 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The value of query parameter `key`, decoded.
+/// The value of query parameter `key`, decoded. Keys are decoded before they are compared, so
+/// `fr%6Fm` is `from`; the first occurrence counts.
 pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    let decode = |s: &str| percent_decode(&s.replace('+', " "));
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == key).then(|| percent_decode(&v.replace('+', " ")).unwrap_or_default())
+        (decode(k)? == key).then(|| decode(v).unwrap_or_default())
     })
 }
 
@@ -164,6 +166,10 @@ mod tests {
         assert_eq!(
             query_param(Some("a=1&n=5&last=x%2Fy"), "last").as_deref(),
             Some("x/y")
+        );
+        assert_eq!(
+            query_param(Some("mount=d&fr%6Fm=a%2Fb"), "from").as_deref(),
+            Some("a/b")
         );
     }
 }

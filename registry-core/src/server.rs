@@ -170,7 +170,7 @@ pub async fn handle(registry: &Registry, req: Request<RequestBody>) -> Response<
         .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     let status = resp.status().as_u16();
     let elapsed = start.elapsed();
-    metrics::request(class, method.as_str(), status, elapsed.as_secs_f64());
+    metrics::request(class, &method, status, elapsed.as_secs_f64());
     span.in_scope(|| {
         tracing::info!(
             status,
@@ -196,7 +196,9 @@ fn error_response(e: &RegistryError, span: &tracing::Span) -> Response<Body> {
     for (k, v) in &e.headers {
         b = b.header(k, v);
     }
-    b.body(full(e.body()))
+    let body = e.body();
+    b.header(header::CONTENT_LENGTH, body.len())
+        .body(full(body))
         .expect("error response is well-formed")
 }
 
@@ -514,7 +516,7 @@ fn set_link(resp: &mut Response<Body>, url: String) {
 }
 
 /// One page of a listing, and the `(n, last)` of the next page when more follow.
-type Page = (Vec<String>, Option<(usize, String)>);
+pub type Page = (Vec<String>, Option<(usize, String)>);
 
 /// Applies `n` and `last` to a sorted list.
 fn paginate(items: Vec<String>, query: Option<&str>) -> Result<Page, RegistryError> {
@@ -530,20 +532,23 @@ fn paginate(items: Vec<String>, query: Option<&str>) -> Result<Page, RegistryErr
         })?),
     };
     let last = query_param(query, "last").filter(|s| !s.is_empty());
-    let mut rest: Vec<String> = match &last {
-        Some(l) => items
-            .into_iter()
-            .filter(|i| i.as_str() > l.as_str())
-            .collect(),
+    Ok(page(items, n, last.as_deref()))
+}
+
+/// One page of a sorted listing: the items after `last`, at most `n` of them, and the `(n,
+/// last)` of the next page when more follow. (The edge pages the catalog it filtered with it.)
+pub fn page(items: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
+    let mut rest: Vec<String> = match last {
+        Some(l) => items.into_iter().filter(|i| i.as_str() > l).collect(),
         None => items,
     };
     match n {
         Some(n) if rest.len() > n => {
             rest.truncate(n);
             let next = rest.last().cloned().map(|l| (n, l));
-            Ok((rest, next))
+            (rest, next)
         }
-        _ => Ok((rest, None)),
+        _ => (rest, None),
     }
 }
 
@@ -665,11 +670,16 @@ async fn start_upload(
     if let Some(d) = query_param(query, "digest") {
         // Monolithic upload in the POST itself.
         let digest = parse_digest(&d)?;
-        let id = registry.start_upload(name).await?;
         let range = chunk_range(&req)?;
-        registry
+        let id = registry.start_upload(name).await?;
+        let done = registry
             .complete_upload(name, &id, &digest, range, body_stream(req.into_body()))
-            .await?;
+            .await;
+        if done.is_err() {
+            // Nobody was given this session, so nobody can resume it.
+            registry.discard_upload(name, &id).await;
+        }
+        done?;
         return Ok(blob_created(name, &digest));
     }
     let id = registry.start_upload(name).await?;

@@ -293,6 +293,82 @@ impl ObjectWriter for FsWriter {
     }
 }
 
+/// A file's bytes in `range`, read on the blocking pool straight into the buffers that are
+/// handed on (tokio's `File` reads into its own buffer and copies out, one more pass over every
+/// byte served), one chunk read ahead of the consumer.
+struct FileStream {
+    file: Arc<std::fs::File>,
+    next: u64,
+    end: u64,
+    pending: Option<tokio::task::JoinHandle<std::io::Result<Bytes>>>,
+}
+
+impl FileStream {
+    fn new(file: std::fs::File, range: Range<u64>) -> FileStream {
+        let mut s = FileStream {
+            file: Arc::new(file),
+            next: range.start,
+            end: range.end.max(range.start),
+            pending: None,
+        };
+        s.read_ahead();
+        s
+    }
+
+    /// Starts reading the next chunk, if any is left.
+    fn read_ahead(&mut self) {
+        let len = (self.end - self.next).min(READ_CHUNK as u64) as usize;
+        if len == 0 {
+            return;
+        }
+        let (file, offset) = (self.file.clone(), self.next);
+        self.next += len as u64;
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            read_exact_at(&file, len, offset)
+        }));
+    }
+}
+
+/// `len` bytes at `offset`, read into fresh (uninitialised, so not zeroed first) memory; a file
+/// that ends early is an error, never a short body.
+fn read_exact_at(file: &std::fs::File, len: usize, offset: u64) -> std::io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        if rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file is shorter than when it was opened",
+            ));
+        }
+    }
+    // The allocation may be larger than asked for, and a read may have filled all of it.
+    buf.truncate(len);
+    Ok(Bytes::from(buf))
+}
+
+impl futures_util::Stream for FileStream {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = joined(std::task::ready!(Pin::new(pending).poll(cx)));
+        self.pending = None;
+        match result {
+            Ok(chunk) => {
+                self.read_ahead();
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Err(e) => {
+                self.next = self.end;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,82 +477,6 @@ mod tests {
                 matches!(s.get(bad).await, Err(StorageError::InvalidPath(_))),
                 "{bad}"
             );
-        }
-    }
-}
-
-/// A file's bytes in `range`, read on the blocking pool straight into the buffers that are
-/// handed on (tokio's `File` reads into its own buffer and copies out, one more pass over every
-/// byte served), one chunk read ahead of the consumer.
-struct FileStream {
-    file: Arc<std::fs::File>,
-    next: u64,
-    end: u64,
-    pending: Option<tokio::task::JoinHandle<std::io::Result<Bytes>>>,
-}
-
-impl FileStream {
-    fn new(file: std::fs::File, range: Range<u64>) -> FileStream {
-        let mut s = FileStream {
-            file: Arc::new(file),
-            next: range.start,
-            end: range.end.max(range.start),
-            pending: None,
-        };
-        s.read_ahead();
-        s
-    }
-
-    /// Starts reading the next chunk, if any is left.
-    fn read_ahead(&mut self) {
-        let len = (self.end - self.next).min(READ_CHUNK as u64) as usize;
-        if len == 0 {
-            return;
-        }
-        let (file, offset) = (self.file.clone(), self.next);
-        self.next += len as u64;
-        self.pending = Some(tokio::task::spawn_blocking(move || {
-            read_exact_at(&file, len, offset)
-        }));
-    }
-}
-
-/// `len` bytes at `offset`, read into fresh (uninitialised, so not zeroed first) memory; a file
-/// that ends early is an error, never a short body.
-fn read_exact_at(file: &std::fs::File, len: usize, offset: u64) -> std::io::Result<Bytes> {
-    let mut buf = Vec::with_capacity(len);
-    while buf.len() < len {
-        let at = offset + buf.len() as u64;
-        if rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "file is shorter than when it was opened",
-            ));
-        }
-    }
-    // The allocation may be larger than asked for, and a read may have filled all of it.
-    buf.truncate(len);
-    Ok(Bytes::from(buf))
-}
-
-impl futures_util::Stream for FileStream {
-    type Item = std::io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(pending) = self.pending.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let result = joined(std::task::ready!(Pin::new(pending).poll(cx)));
-        self.pending = None;
-        match result {
-            Ok(chunk) => {
-                self.read_ahead();
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Err(e) => {
-                self.next = self.end;
-                Poll::Ready(Some(Err(e)))
-            }
         }
     }
 }
