@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use registry_core::routes::{query_param, Route};
+use registry_core::routes::Route;
 
 /// What a request does to a repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,12 +144,8 @@ impl Rules {
 }
 
 /// The actions a request needs: (repository, action) pairs. Empty for `/v2/` and the catalog
-/// (which is filtered instead).
-pub fn required(
-    method: &http::Method,
-    route: &Route,
-    query: Option<&str>,
-) -> Vec<(String, Action)> {
+/// (which is filtered instead). `from` is the decoded, validated mount source of an upload start.
+pub fn required(method: &http::Method, route: &Route, from: Option<&str>) -> Vec<(String, Action)> {
     use http::Method;
     let (name, action) = match route {
         Route::Base | Route::Catalog => return Vec::new(),
@@ -166,8 +162,8 @@ pub fn required(
     };
     let mut need = vec![(name.clone(), action)];
     if let Route::UploadStart { .. } = route {
-        if let Some(from) = query_param(query, "from") {
-            need.push((from, Action::Pull));
+        if let Some(from) = from {
+            need.push((from.to_owned(), Action::Pull));
         }
     }
     need
@@ -242,7 +238,7 @@ mod tests {
     fn requirements() {
         let mount = Route::UploadStart { name: "dst".into() };
         assert_eq!(
-            required(&http::Method::POST, &mount, Some("mount=sha256:x&from=src")),
+            required(&http::Method::POST, &mount, Some("src")),
             vec![
                 ("dst".to_string(), Action::Push),
                 ("src".to_string(), Action::Pull)

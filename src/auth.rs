@@ -4,7 +4,9 @@
 //! request, so verified credentials are cached: the cache holds a keyed SHA-256 of user, password
 //! and the stored hash (never the password itself), under a key random to this process. A changed
 //! password or file changes the stored hash, so old entries simply stop matching. An unknown user
-//! costs one bcrypt run against a dummy hash, like a wrong password.
+//! costs one bcrypt run against a decoy hash at the cost most users have, like a wrong password.
+//! bcrypt runs on a pool of its own threads with a bounded queue, so a burst of guesses cannot
+//! take the CPU from requests whose credentials are cached.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -157,7 +159,8 @@ pub fn create_first_user(path: &Path, user: &str, cost: u32) -> Result<String, A
 /// Why a request was not authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
-    /// No `Authorization` header.
+    /// No `Authorization` header, or empty credentials (what podman and skopeo send before a
+    /// login): a probe, not an attempt.
     Missing,
     /// Not `Basic base64(user:password)`.
     Malformed,
@@ -169,13 +172,95 @@ pub enum Denied {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User(pub String);
 
+/// The password checks waiting or running exceed the pool's queue: try again shortly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// Threads that run bcrypt, apart from the threads that serve requests, so a burst of password
+/// checks never stalls requests whose credentials are cached. Half the cores, at least one.
+fn bcrypt_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// Password checks that may wait for a bcrypt thread; beyond that they are refused at once.
+const BCRYPT_QUEUE: usize = 64;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A small pool of threads for bcrypt with a bounded queue.
+struct BcryptPool {
+    tx: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl BcryptPool {
+    fn new(threads: usize, queue: usize) -> BcryptPool {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("bcrypt-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a bcrypt thread");
+            }
+        }
+        BcryptPool { tx }
+    }
+
+    /// Runs `verify(password, hash)` on the pool.
+    async fn verify(&self, password: String, hash: String) -> Result<bool, Busy> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(bcrypt::verify(password, &hash).unwrap_or(false));
+        });
+        self.tx.try_send(job).map_err(|_| Busy)?;
+        crate::metrics::BCRYPT_QUEUED.inc();
+        let r = rx.await.unwrap_or(false);
+        crate::metrics::BCRYPT_QUEUED.dec();
+        Ok(r)
+    }
+}
+
 /// The authenticator: the current htpasswd users and the cache of verified credentials.
 pub struct Authenticator {
-    users: RwLock<Arc<Htpasswd>>,
+    users: RwLock<Arc<Users>>,
     cache: Mutex<HashSet<[u8; 32]>>,
     cache_key: [u8; 32],
-    /// Verified against when the user is unknown, so that costs one bcrypt run too.
+    pool: BcryptPool,
+}
+
+/// The users, and the decoy hash an unknown user is checked against.
+struct Users {
+    file: Htpasswd,
+    /// At the cost most users have, so an unknown user takes as long as a typical known one.
     dummy_hash: String,
+}
+
+impl Users {
+    fn new(file: Htpasswd) -> Users {
+        let mut costs: HashMap<u32, usize> = HashMap::new();
+        for h in file.users.values() {
+            if let Ok(p) = h.parse::<bcrypt::HashParts>() {
+                *costs.entry(p.get_cost()).or_default() += 1;
+            }
+        }
+        let cost = costs
+            .into_iter()
+            .max_by_key(|(cost, n)| (*n, std::cmp::Reverse(*cost)))
+            .map_or(bcrypt::DEFAULT_COST, |(c, _)| c);
+        let dummy_hash = bcrypt::hash("not a password", cost).expect("bcrypt of a constant");
+        Users { file, dummy_hash }
+    }
 }
 
 /// Whether a verification was answered from the cache.
@@ -185,7 +270,7 @@ pub enum CacheUse {
     Miss,
 }
 
-/// Splits `Basic base64(user:password)`.
+/// Splits `Basic base64(user:password)`. Empty credentials (`Basic Og==`) are no credentials.
 pub fn parse_basic(header: &[u8]) -> Result<(String, String), Denied> {
     let s = std::str::from_utf8(header)
         .map_err(|_| Denied::Malformed)?
@@ -194,41 +279,45 @@ pub fn parse_basic(header: &[u8]) -> Result<(String, String), Denied> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(Denied::Malformed);
     }
+    let rest = rest.trim();
+    if rest.is_empty() {
+        return Err(Denied::Missing);
+    }
     let raw = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
+        .decode(rest)
         .map_err(|_| Denied::Malformed)?;
     let text = String::from_utf8(raw).map_err(|_| Denied::Malformed)?;
     let (user, password) = text.split_once(':').ok_or(Denied::Malformed)?;
     if user.is_empty() {
-        return Err(Denied::Malformed);
+        return Err(if password.is_empty() {
+            Denied::Missing
+        } else {
+            Denied::Malformed
+        });
     }
     Ok((user.to_owned(), password.to_owned()))
 }
 
 impl Authenticator {
     pub fn new(users: Htpasswd) -> Authenticator {
+        Self::with_pool(users, bcrypt_threads(), BCRYPT_QUEUE)
+    }
+
+    fn with_pool(users: Htpasswd, threads: usize, queue: usize) -> Authenticator {
         let mut cache_key = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut cache_key);
-        // Same cost as the file's first hash, so an unknown user takes as long as a known one.
-        let cost = users
-            .users
-            .values()
-            .next()
-            .and_then(|h| h.parse::<bcrypt::HashParts>().ok())
-            .map_or(10, |p| p.get_cost());
-        let dummy_hash = bcrypt::hash("not a password", cost).expect("bcrypt of a constant");
         Authenticator {
-            users: RwLock::new(Arc::new(users)),
+            users: RwLock::new(Arc::new(Users::new(users))),
             cache: Mutex::new(HashSet::new()),
             cache_key,
-            dummy_hash,
+            pool: BcryptPool::new(threads, queue),
         }
     }
 
     /// Replaces the users (e.g. after the file changed). Cached entries of changed or removed
     /// users no longer match; the cache is cleared anyway to free them.
     pub fn replace(&self, users: Htpasswd) {
-        *self.users.write().expect("users lock") = Arc::new(users);
+        *self.users.write().expect("users lock") = Arc::new(Users::new(users));
         self.cache.lock().expect("cache lock").clear();
     }
 
@@ -242,7 +331,39 @@ impl Authenticator {
         h.finalize().into()
     }
 
-    /// Checks an `Authorization` header value. bcrypt runs on a blocking thread.
+    /// The user, when these exact credentials were verified before (no bcrypt).
+    pub fn cached(&self, user: &str, password: &str) -> Option<User> {
+        let users = self.users.read().expect("users lock").clone();
+        let hash = users.file.users.get(user)?;
+        let entry = self.cache_entry(user, password, hash);
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .contains(&entry)
+            .then(|| User(user.to_owned()))
+    }
+
+    /// Checks a password with bcrypt on the pool (an unknown user against the decoy hash).
+    pub async fn check(&self, user: &str, password: &str) -> Result<Result<User, Denied>, Busy> {
+        let users = self.users.read().expect("users lock").clone();
+        let (hash, known) = match users.file.users.get(user) {
+            Some(h) => (h.clone(), true),
+            None => (users.dummy_hash.clone(), false),
+        };
+        let ok = self.pool.verify(password.to_owned(), hash.clone()).await?;
+        if !(ok && known) {
+            return Ok(Err(Denied::Invalid));
+        }
+        let entry = self.cache_entry(user, password, &hash);
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(entry);
+        Ok(Ok(User(user.to_owned())))
+    }
+
+    /// Checks an `Authorization` header value: from the cache, else with bcrypt.
     pub async fn verify(&self, header: Option<&[u8]>) -> (Result<User, Denied>, CacheUse) {
         let Some(header) = header else {
             return (Err(Denied::Missing), CacheUse::Miss);
@@ -251,28 +372,13 @@ impl Authenticator {
             Ok(c) => c,
             Err(d) => return (Err(d), CacheUse::Miss),
         };
-        let users = self.users.read().expect("users lock").clone();
-        let (hash, known) = match users.users.get(&user) {
-            Some(h) => (h.clone(), true),
-            None => (self.dummy_hash.clone(), false),
-        };
-        let entry = self.cache_entry(&user, &password, &hash);
-        if known && self.cache.lock().expect("cache lock").contains(&entry) {
-            return (Ok(User(user)), CacheUse::Hit);
+        if let Some(u) = self.cached(&user, &password) {
+            return (Ok(u), CacheUse::Hit);
         }
-        let ok =
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false);
-        if !(ok && known) {
-            return (Err(Denied::Invalid), CacheUse::Miss);
+        match self.check(&user, &password).await {
+            Ok(r) => (r, CacheUse::Miss),
+            Err(Busy) => (Err(Denied::Invalid), CacheUse::Miss),
         }
-        let mut cache = self.cache.lock().expect("cache lock");
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(entry);
-        (Ok(User(user)), CacheUse::Miss)
     }
 }
 
@@ -303,8 +409,26 @@ mod tests {
             Err(Denied::Invalid)
         );
         assert_eq!(a.verify(None).await.0, Err(Denied::Missing));
-        for bad in [&b"Bearer x"[..], b"Basic !!!", b"Basic", b"Basic Zm9v"] {
-            assert_eq!(a.verify(Some(bad)).await.0, Err(Denied::Malformed));
+        for bad in [
+            &b"Bearer x"[..],
+            b"Basic !!!",
+            b"Basic",
+            b"Basic Zm9v",
+            b"Basic OnB3",
+        ] {
+            assert_eq!(
+                a.verify(Some(bad)).await.0,
+                Err(Denied::Malformed),
+                "{bad:?}"
+            );
+        }
+        // podman and skopeo send empty credentials before a login: that is no credentials.
+        for none in [&b"Basic Og=="[..], b"basic Og=="] {
+            assert_eq!(
+                a.verify(Some(none)).await.0,
+                Err(Denied::Missing),
+                "{none:?}"
+            );
         }
         // A changed password invalidates the cached credential.
         a.replace(Htpasswd::parse(&hash_line("alice", "new", 4).unwrap(), Path::new("h")).unwrap());

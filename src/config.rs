@@ -110,6 +110,9 @@ struct ServerSection {
     http2: bool,
     idle_timeout: String,
     drain_timeout: String,
+    max_connections_per_address: u32,
+    handshake_timeout: String,
+    header_timeout: String,
 }
 
 impl Default for ServerSection {
@@ -120,6 +123,9 @@ impl Default for ServerSection {
             http2: true,
             idle_timeout: "15m".into(),
             drain_timeout: "30s".into(),
+            max_connections_per_address: 256,
+            handshake_timeout: "10s".into(),
+            header_timeout: "30s".into(),
         }
     }
 }
@@ -249,6 +255,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long transfers in flight may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// Connection limits on the HTTPS port.
+    pub connections: crate::conn::Limits,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
@@ -481,6 +489,19 @@ impl Config {
                 ))
             }
         };
+        let connections = crate::conn::Limits {
+            per_address: f.server.max_connections_per_address,
+            handshake_timeout: duration("server.handshake_timeout", &f.server.handshake_timeout)?,
+            header_timeout: duration("server.header_timeout", &f.server.header_timeout)?,
+        };
+        for (key, d) in [
+            ("server.handshake_timeout", connections.handshake_timeout),
+            ("server.header_timeout", connections.header_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key, "must be more than zero".into()));
+            }
+        }
         let upstream = if f.upstream.urls.is_empty() {
             let mut core = registry_core::Config {
                 root: f.storage.root.clone(),
@@ -507,6 +528,7 @@ impl Config {
             http2: f.server.http2,
             idle_timeout: duration("server.idle_timeout", &f.server.idle_timeout)?,
             drain_timeout: duration("server.drain_timeout", &f.server.drain_timeout)?,
+            connections,
             cert: f.tls.cert,
             key: f.tls.key,
             ca: f.tls.ca,

@@ -6,12 +6,19 @@
 //! - [`config`]: `proxy.toml` + `REGISTRY_EDGE_*` overrides into a validated [`config::Config`].
 //! - [`tls`]: certificate loading and validation, the swappable certificate resolver, and the
 //!   self-signed certificate (with its `ca.crt`) generated for the one-command start.
-//! - [`auth`]: htpasswd (bcrypt) parsing, first-user creation, and the cached verifier.
-//! - [`lockout`]: failed logins per client address and user name; 429 with a growing delay.
+//! - [`conn`]: client connections before HTTP: the per-address cap, the TLS handshake under a
+//!   deadline (a readable 400 for plain HTTP), and the deadline on each request's header block.
+//! - [`auth`]: htpasswd (bcrypt) parsing, first-user creation, the cached verifier and the
+//!   bounded pool of bcrypt threads.
+//! - [`lockout`]: failed logins per client address (reserved before bcrypt runs) and per user
+//!   name (slowed, never refused); 429 with a growing delay.
+//! - [`request`]: a `/v2/` request parsed and validated into its canonical form, the only form
+//!   that is authorized and forwarded.
 //! - [`access`]: access rules (users, groups, repository patterns, pull/push/delete).
-//! - [`proxy`]: the pingora `ProxyHttp` implementation: auth, then either the embedded
-//!   registry-core's handler called in-process, or upstream choice and forwarding headers for
-//!   upstream URLs; the API-version header, and the JSON error answers.
+//! - [`proxy`]: the pingora `ProxyHttp` implementation: auth, parsing, access rules, then either
+//!   the embedded registry-core's handler called in-process, or upstream choice and forwarding
+//!   headers for upstream URLs; the filtered catalog, the API-version header, and the JSON error
+//!   answers.
 //! - [`metrics`]: `regedge_*` Prometheus metrics, served with the core's `regcore_*` ones.
 //! - [`run`] (here): checks every file first, then starts pingora with the TLS listener, the
 //!   embedded registry-core's housekeeping (its requests are answered in-process by [`proxy`],
@@ -21,9 +28,11 @@
 pub mod access;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod lockout;
 pub mod metrics;
 pub mod proxy;
+pub mod request;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -258,6 +267,12 @@ impl BackgroundService for ReadyLog {
 /// before anything listens, then pingora serves until shutdown and transfers drain.
 pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
     metrics::init();
+    let files = conn::raise_open_files_limit();
+    tracing::info!(
+        limit = files.map_or("unlimited".to_owned(), |n| n.to_string()),
+        per_address = config.connections.per_address,
+        "open-files limit"
+    );
     let prepared = prepare(&config)?;
     let listen_err = |addr: &str| {
         let addr = addr.to_owned();
@@ -306,6 +321,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
     }
 
     let edge = Edge {
+        catalog_connector: pingora::connectors::http::Connector::new(None),
         auth: prepared.auth.clone(),
         realm: config.realm.clone(),
         upstreams,
@@ -327,14 +343,22 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
         .initial_connection_window_size(16 * 1024 * 1024)
         .max_frame_size(1024 * 1024);
     proxy.h2_options = Some(h2);
-    let mut service = Service::new("registry-edge".to_owned(), proxy);
     let mut tls_settings = TlsSettings::with_callbacks(Box::new(tls::HandshakeMetrics))
         .expect("TlsSettings::with_callbacks only stores the callbacks");
     tls_settings.set_cert_resolver(prepared.certs.clone());
     if config.http2 {
         tls_settings.enable_h2();
     }
-    service.add_tls_with_settings(&config.listen, None, tls_settings);
+    // The HTTPS port is a TCP listener whose connections `conn::Guard` counts, hands through
+    // the TLS handshake under a deadline, and passes to the proxy.
+    let guard = conn::Guard {
+        app: Arc::new(proxy),
+        acceptor: tls_settings.build(),
+        limits: config.connections,
+        counts: Arc::new(conn::Counts::default()),
+    };
+    let mut service = Service::new("registry-edge".to_owned(), guard);
+    service.add_tcp(&config.listen);
     let proxy_handle = server.add_service(service);
     server.add_service(background_service(
         "reloader",

@@ -1,6 +1,8 @@
 //! The edge's Prometheus metrics, prefix `regedge_`, in the `prometheus` crate's default registry
 //! (beside the embedded core's `regcore_` metrics), served on their own listener. Labels take only
-//! bounded values: route classes, methods, status codes, results.
+//! values from fixed sets, whatever a client sends: route classes, the standard methods (anything
+//! else is `other`, see [`registry_core::metrics::method_label`]), status codes 100-599 (else
+//! `other`), results and reasons named here.
 
 use std::sync::LazyLock;
 
@@ -42,7 +44,7 @@ metric!(RESPONSE_BYTES: IntCounterVec = register_int_counter_vec!(
 ));
 metric!(AUTH: IntCounterVec = register_int_counter_vec!(
     "regedge_auth_attempts_total",
-    "Authentication attempts by result: ok, missing, malformed, invalid, locked_out.",
+    "Authentication attempts by result: ok, missing, malformed, invalid, locked_out, busy (refused before bcrypt: too many checks in flight).",
     &["result"]
 ));
 metric!(AUTH_CACHE: IntCounterVec = register_int_counter_vec!(
@@ -78,6 +80,28 @@ metric!(TLS_HANDSHAKES: IntCounterVec = register_int_counter_vec!(
     "TLS handshakes completed, by result and protocol version.",
     &["result", "version"]
 ));
+metric!(BCRYPT_QUEUED: IntGauge = register_int_gauge!(
+    "regedge_bcrypt_checks_in_progress",
+    "Password checks (bcrypt) queued or running on the bcrypt threads."
+));
+metric!(LOCKOUT_UNTRACKED: IntCounter = register_int_counter!(
+    "regedge_lockout_untracked_total",
+    "Failed logins not recorded because the lockout table was full of active blocks."
+));
+metric!(LOCKOUT_ENTRIES: IntGaugeVec = register_int_gauge_vec!(
+    "regedge_lockout_entries",
+    "Entries in the login lockout's tables, by table: address or user.",
+    &["table"]
+));
+metric!(CONNECTIONS: IntGauge = register_int_gauge!(
+    "regedge_connections_open",
+    "Client connections open on the HTTPS port."
+));
+metric!(CONNECTIONS_REFUSED: IntCounterVec = register_int_counter_vec!(
+    "regedge_connections_refused_total",
+    "Client connections closed by the edge, by reason: per_address (over the per-address cap), handshake_timeout, handshake_failed, plain_http (HTTP on the HTTPS port), header_timeout (a request header not complete in time).",
+    &["reason"]
+));
 metric!(CERT_EXPIRY: IntGauge = register_int_gauge!(
     "regedge_tls_certificate_expiry_timestamp_seconds",
     "When the served certificate expires, in seconds since the Unix epoch."
@@ -93,7 +117,14 @@ pub fn init() {
     LazyLock::force(&IN_FLIGHT);
     LazyLock::force(&REQUEST_BYTES);
     LazyLock::force(&RESPONSE_BYTES);
-    for r in ["ok", "missing", "malformed", "invalid", "locked_out"] {
+    for r in [
+        "ok",
+        "missing",
+        "malformed",
+        "invalid",
+        "locked_out",
+        "busy",
+    ] {
         AUTH.with_label_values(&[r]);
     }
     for r in ["hit", "miss"] {
@@ -111,7 +142,31 @@ pub fn init() {
     LazyLock::force(&TLS_HELLOS);
     LazyLock::force(&TLS_HANDSHAKES);
     LazyLock::force(&CERT_EXPIRY);
+    LazyLock::force(&BCRYPT_QUEUED);
+    LazyLock::force(&LOCKOUT_UNTRACKED);
+    LazyLock::force(&CONNECTIONS);
+    for t in ["address", "user"] {
+        LOCKOUT_ENTRIES.with_label_values(&[t]);
+    }
+    for r in [
+        "per_address",
+        "handshake_timeout",
+        "handshake_failed",
+        "plain_http",
+        "header_timeout",
+    ] {
+        CONNECTIONS_REFUSED.with_label_values(&[r]);
+    }
     registry_core::metrics::init();
+}
+
+/// The status code as a label: a real HTTP status, or `other` (an upstream may send anything).
+pub fn code_label(code: u16) -> String {
+    if (100..=599).contains(&code) {
+        code.to_string()
+    } else {
+        "other".to_owned()
+    }
 }
 
 /// The route class of a request path (the metric label).

@@ -20,10 +20,18 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use registry_core::Registry;
 
 use crate::access::{self, Action, Rules};
-use crate::auth::{parse_basic, Authenticator, CacheUse, Denied};
+use crate::auth::{parse_basic, Authenticator, Busy, Denied};
 use crate::config::UpstreamUrl;
-use crate::lockout::Lockout;
+use crate::lockout::{Lockout, Refused, MAX_USER_LEN};
 use crate::metrics;
+use crate::request::{self, ApiRequest};
+use registry_core::routes::Route;
+
+/// Repositories asked for per page when the edge reads an upstream's whole catalog to filter it,
+/// and the bounds on that reading.
+const CATALOG_PAGE: usize = 1000;
+const CATALOG_MAX_PAGES: usize = 1000;
+const CATALOG_MAX_PAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// How long an upstream that refused a connection is passed over.
 const UPSTREAM_COOLDOWN: Duration = Duration::from_secs(5);
@@ -82,6 +90,8 @@ pub struct Edge {
     pub timeouts: Timeouts,
     pub access: Rules,
     pub lockout: Lockout,
+    /// For the edge's own requests to upstreams (reading the catalog to filter it).
+    pub catalog_connector: pingora::connectors::http::Connector,
 }
 
 /// Per-request state.
@@ -95,8 +105,10 @@ pub struct Ctx {
     upstream: usize,
     tries: usize,
     counted: bool,
-    /// The catalog answer is collected here and filtered to what the user may pull.
-    catalog: Option<Vec<u8>>,
+    /// The client's address.
+    client: Option<IpAddr>,
+    /// The request as parsed and authorized: only its canonical form goes on.
+    api: Option<ApiRequest>,
     /// How long the answer took, when the edge answered itself (so a [`linger`] afterwards is
     /// not counted in the request's duration).
     answered_in: Option<Duration>,
@@ -108,6 +120,41 @@ pub fn error_body(code: &str, message: &str) -> Bytes {
         serde_json::json!({ "errors": [{ "code": code, "message": message, "detail": null }] })
             .to_string(),
     )
+}
+
+/// Request headers a client could use to lie about itself to the upstream: the edge sets its
+/// own values (or none).
+const SPOOFABLE: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "x-original-uri",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Makes an HTTP/1.1 answer of the embedded registry self-delimiting: a body of known size gets
+/// its `Content-Length`, any other body is sent chunked, so the connection can carry the next
+/// request. (HTTP/2 frames its own bodies.)
+fn frame(header: &mut ResponseHeader, body: &registry_core::server::Body, h2: bool) -> Result<()> {
+    let status = header.status;
+    if h2 || status.is_informational() || status == 204 || status == 304 {
+        return Ok(());
+    }
+    let h = &header.headers;
+    if h.contains_key(http::header::CONTENT_LENGTH)
+        || h.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        return Ok(());
+    }
+    match body.size_hint().exact() {
+        Some(n) => header.insert_header(http::header::CONTENT_LENGTH, n.to_string()),
+        None => header.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
+    }
 }
 
 fn is_api(path: &str) -> bool {
@@ -162,12 +209,15 @@ async fn linger(session: &mut Session) {
     }
 }
 
-/// The request as registry-core's handler takes it: the client's, but for `Expect`, which the
-/// edge has answered.
-fn core_request(req: &RequestHeader) -> http::Request<()> {
+/// The request as registry-core's handler takes it: the canonical target that was authorized,
+/// and the client's headers but for `Expect`, which the edge has answered.
+fn core_request(req: &RequestHeader, target: &str) -> Result<http::Request<()>> {
     let mut parts = req.as_owned_parts();
     parts.headers.remove(http::header::EXPECT);
-    http::Request::from_parts(parts, ())
+    parts.uri = target
+        .parse()
+        .map_err(|_| Error::explain(ErrorType::InternalError, "canonical target"))?;
+    Ok(http::Request::from_parts(parts, ()))
 }
 
 impl Edge {
@@ -211,11 +261,121 @@ impl Edge {
         Ok(())
     }
 
-    /// The lockout check, authentication and the access rules: true when the request was
-    /// answered here (refused), false when it may go on to the registry.
+    /// Authentication: the user, or `None` when the request was answered here (401, 429).
+    /// Cached credentials pass without bcrypt and without the lockout (they are known to be
+    /// right); anything else reserves an attempt with the lockout before bcrypt runs, on its own
+    /// bounded pool.
+    async fn authenticate(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<String>> {
+        let header = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let ip = ctx.client;
+        let parsed = match header.as_deref() {
+            None => Err(Denied::Missing),
+            Some(h) => parse_basic(h),
+        };
+        let (user, password) = match parsed {
+            Ok(c) => c,
+            Err(d) => {
+                // A probe without credentials, or a header that is not Basic: not a guess.
+                let (outcome, msg) = match d {
+                    Denied::Malformed => (
+                        "malformed",
+                        "malformed Authorization header: Basic credentials expected",
+                    ),
+                    _ => ("missing", "authentication required"),
+                };
+                metrics::AUTH.with_label_values(&[outcome]).inc();
+                self.respond(session, ctx, 401, "UNAUTHORIZED", msg, true, None)
+                    .await?;
+                return Ok(None);
+            }
+        };
+        if let Some(u) = self.auth.cached(&user, &password) {
+            metrics::AUTH.with_label_values(&["ok"]).inc();
+            metrics::AUTH_CACHE.with_label_values(&["hit"]).inc();
+            return Ok(Some(u.0));
+        }
+        let refuse_invalid = |ctx: &mut Ctx| {
+            metrics::AUTH.with_label_values(&["invalid"]).inc();
+            ctx.status = 401;
+        };
+        if user.len() > MAX_USER_LEN {
+            // Not looked at, not stored: counted against the address only.
+            if let Some(wait) = ip.and_then(|ip| self.lockout.blocked(ip)) {
+                return self.locked_out(session, ctx, wait).await;
+            }
+            self.lockout.failure_without_check(ip);
+            refuse_invalid(ctx);
+            let msg = "invalid username or password";
+            self.respond(session, ctx, 401, "UNAUTHORIZED", msg, true, None)
+                .await?;
+            return Ok(None);
+        }
+        let attempt = match self.lockout.begin(ip, &user) {
+            Ok(a) => a,
+            Err(Refused::Blocked(wait)) => return self.locked_out(session, ctx, wait).await,
+            Err(Refused::Busy(wait)) => {
+                metrics::AUTH.with_label_values(&["busy"]).inc();
+                let msg = "too many logins being checked for this client; retry shortly";
+                self.respond(session, ctx, 429, "TOOMANYREQUESTS", msg, false, Some(wait))
+                    .await?;
+                return Ok(None);
+            }
+        };
+        if let Some(d) = attempt.user_delay {
+            // The user name is being guessed at from many places: slow the check, never refuse.
+            tokio::time::sleep(d).await;
+        }
+        metrics::AUTH_CACHE.with_label_values(&["miss"]).inc();
+        match self.auth.check(&user, &password).await {
+            Ok(Ok(u)) => {
+                attempt.succeeded();
+                metrics::AUTH.with_label_values(&["ok"]).inc();
+                Ok(Some(u.0))
+            }
+            Ok(Err(_)) => {
+                attempt.failed();
+                refuse_invalid(ctx);
+                let msg = "invalid username or password";
+                self.respond(session, ctx, 401, "UNAUTHORIZED", msg, true, None)
+                    .await?;
+                Ok(None)
+            }
+            Err(Busy) => {
+                drop(attempt);
+                metrics::AUTH.with_label_values(&["busy"]).inc();
+                let msg = "too many logins being checked; retry shortly";
+                let wait = Some(Duration::from_secs(1));
+                self.respond(session, ctx, 429, "TOOMANYREQUESTS", msg, false, wait)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn locked_out(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        wait: Duration,
+    ) -> Result<Option<String>> {
+        metrics::AUTH.with_label_values(&["locked_out"]).inc();
+        let msg = "too many failed logins; try again later";
+        self.respond(session, ctx, 429, "TOOMANYREQUESTS", msg, false, Some(wait))
+            .await?;
+        Ok(None)
+    }
+
+    /// Authentication, then the request parsed and validated, then the access rules: true when
+    /// the request was answered here (refused), false when it may go on to the registry, in
+    /// the canonical form kept in `ctx.api`.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         metrics::IN_FLIGHT.inc();
         ctx.counted = true;
+        ctx.client = client_ip(session);
         let idle = self.timeouts.client_idle;
         session.set_read_timeout(Some(idle));
         session.set_write_timeout(Some(idle));
@@ -228,70 +388,20 @@ impl Edge {
                 .await?;
             return Ok(true);
         }
-        let header = session
-            .req_header()
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes().to_vec());
-        let ip = client_ip(session);
-        let claimed = header
-            .as_deref()
-            .and_then(|h| parse_basic(h).ok())
-            .map(|(u, _)| u);
-        // Only attempts count: the credential-less probe every client starts with gets its 401.
-        if header.is_some() {
-            if let Some(wait) = self.lockout.blocked(ip, claimed.as_deref()) {
-                metrics::AUTH.with_label_values(&["locked_out"]).inc();
-                let msg = "too many failed logins; try again later";
-                self.respond(session, ctx, 429, "TOOMANYREQUESTS", msg, false, Some(wait))
-                    .await?;
-                return Ok(true);
-            }
-        }
-        let (result, cache) = self.auth.verify(header.as_deref()).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(Denied::Missing) => "missing",
-            Err(Denied::Malformed) => "malformed",
-            Err(Denied::Invalid) => "invalid",
+        let Some(user) = self.authenticate(session, ctx).await? else {
+            return Ok(true);
         };
-        metrics::AUTH.with_label_values(&[outcome]).inc();
-        if !matches!(result, Err(Denied::Missing) | Err(Denied::Malformed)) {
-            let c = if cache == CacheUse::Hit {
-                "hit"
-            } else {
-                "miss"
-            };
-            metrics::AUTH_CACHE.with_label_values(&[c]).inc();
-        }
-        let user = match result {
-            Ok(user) => user.0,
-            Err(d) => {
-                if d != Denied::Missing {
-                    self.lockout.failure(ip, claimed.as_deref());
-                }
-                let msg = match d {
-                    Denied::Missing => "authentication required",
-                    Denied::Malformed => {
-                        "malformed Authorization header: Basic credentials expected"
-                    }
-                    Denied::Invalid => "invalid username or password",
-                };
-                self.respond(session, ctx, 401, "UNAUTHORIZED", msg, true, None)
-                    .await?;
-                return Ok(true);
-            }
-        };
-        self.lockout.success(ip, &user);
         ctx.user = Some(user.clone());
-        if self.access.is_open() {
-            return Ok(false);
-        }
-        let Some(route) = registry_core::routes::parse(&path) else {
-            return Ok(false);
-        };
         let req = session.req_header();
-        let need = access::required(&req.method, &route, req.uri.query());
+        let api = match request::parse(&req.method, &path, req.uri.query()) {
+            Ok(api) => api,
+            Err(r) => {
+                self.respond(session, ctx, r.status, r.code, &r.message, false, None)
+                    .await?;
+                return Ok(true);
+            }
+        };
+        let need = access::required(&req.method, &api.route, api.param("from"));
         if let Some((repo, action)) = need
             .iter()
             .find(|(repo, action)| !self.access.allows(&user, repo, *action))
@@ -307,10 +417,151 @@ impl Edge {
                 .await?;
             return Ok(true);
         }
-        if route == registry_core::routes::Route::Catalog {
-            ctx.catalog = Some(Vec::new());
+        let filtered_catalog = api.route == Route::Catalog && !self.access.is_open();
+        ctx.api = Some(api);
+        if filtered_catalog {
+            self.serve_catalog(session, ctx, &user).await?;
+            return Ok(true);
         }
         Ok(false)
+    }
+
+    /// The catalog as `user` may see it: the whole list is filtered first, then paged, and the
+    /// `Link` to the next page is built from what the user may see, so paging reveals nothing
+    /// hidden.
+    async fn serve_catalog(&self, session: &mut Session, ctx: &mut Ctx, user: &str) -> Result<()> {
+        let all = match &self.upstreams {
+            Upstreams::Embedded(registry) => registry
+                .catalog()
+                .await
+                .map_err(|e| Error::because(ErrorType::HTTPStatus(503), "listing the catalog", e)),
+            Upstreams::Urls { .. } => {
+                let header = session.req_header().clone();
+                self.upstream_catalog(ctx, &header).await
+            }
+        };
+        let all = match all {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::error!(error = %e, "catalog listing failed");
+                let msg = "the registry could not list its repositories";
+                self.respond(session, ctx, 503, "UNAVAILABLE", msg, false, None)
+                    .await?;
+                return Ok(());
+            }
+        };
+        let visible: Vec<String> = all
+            .into_iter()
+            .filter(|name| self.access.allows(user, name, Action::Pull))
+            .collect();
+        let api = ctx.api.as_ref().expect("parsed before");
+        let n = api.param("n").and_then(|n| n.parse::<usize>().ok());
+        let last = api.param("last").filter(|l| !l.is_empty());
+        let (page, next) = registry_core::server::page(visible, n, last);
+        let body = Bytes::from(serde_json::json!({ "repositories": page }).to_string());
+        let mut h = ResponseHeader::build(200, Some(4))?;
+        h.insert_header("Content-Type", "application/json")?;
+        h.insert_header("Content-Length", body.len().to_string())?;
+        h.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
+        if let Some((n, last)) = next {
+            let q = [("n", n.to_string()), ("last", last)];
+            let link = request::target("/v2/_catalog", &q);
+            h.insert_header("Link", format!("<{link}>; rel=\"next\""))?;
+        }
+        ctx.status = 200;
+        let head = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(h), head).await?;
+        if !head {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// The whole catalog of the upstream, page by page (bounded in pages and names).
+    async fn upstream_catalog(
+        &self,
+        ctx: &mut Ctx,
+        client_req: &RequestHeader,
+    ) -> Result<Vec<String>> {
+        let mut all: Vec<String> = Vec::new();
+        let mut last: Option<String> = None;
+        let connector = &self.catalog_connector;
+        for _ in 0..CATALOG_MAX_PAGES {
+            let peer = self.pick(ctx)?;
+            let mut q = vec![("n", CATALOG_PAGE.to_string())];
+            if let Some(l) = &last {
+                q.push(("last", l.clone()));
+            }
+            let target = request::target("/v2/_catalog", &q);
+            let mut req = RequestHeader::build("GET", target.as_bytes(), Some(4))?;
+            // The client's Host, as for every request forwarded (Distribution builds URLs from it).
+            if let Some(h) = client_req.headers.get(http::header::HOST) {
+                req.insert_header(http::header::HOST, h.clone())?;
+            } else if let Some(a) = client_req.uri.authority() {
+                req.insert_header(http::header::HOST, a.as_str().to_owned())?;
+            }
+            if let Some(a) = client_req.headers.get(http::header::AUTHORIZATION) {
+                req.insert_header(http::header::AUTHORIZATION, a.clone())?;
+            }
+            req.insert_header("X-Forwarded-Proto", "https")?;
+            let (mut s, _) = connector.get_http_session(&*peer).await?;
+            s.set_read_timeout(Some(self.timeouts.upstream_read));
+            s.write_request_header(Box::new(req)).await?;
+            s.finish_request_body().await?;
+            s.read_response_header().await?;
+            let status = s.response_header().map_or(0, |h| h.status.as_u16());
+            let more = s
+                .response_header()
+                .and_then(|h| h.headers.get(http::header::LINK))
+                .is_some();
+            let mut body = Vec::new();
+            while let Some(chunk) = s.read_response_body().await? {
+                if body.len() + chunk.len() > CATALOG_MAX_PAGE_BYTES {
+                    return Err(Error::explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "catalog page too large",
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            connector
+                .release_http_session(s, &*peer, Some(Duration::from_secs(60)))
+                .await;
+            if status != 200 {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    format!("the upstream answered the catalog with {status}"),
+                ));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+                Error::because(
+                    ErrorType::InvalidHTTPHeader,
+                    "catalog answer is not JSON",
+                    e,
+                )
+            })?;
+            let page: Vec<String> = v
+                .get("repositories")
+                .and_then(|r| r.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let done = !more || page.is_empty();
+            last = page.last().cloned();
+            all.extend(page);
+            if done {
+                all.sort();
+                all.dedup();
+                return Ok(all);
+            }
+        }
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "the upstream catalog has too many pages",
+        ))
     }
 
     /// Answers the request with the embedded registry-core, in this process: the request body
@@ -323,7 +574,8 @@ impl Edge {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let request = core_request(session.req_header());
+        let target = ctx.api.as_ref().map_or("/v2/", |a| a.target.as_str());
+        let request = core_request(session.req_header(), target)?;
         if expects_continue(session.req_header()) {
             session.write_continue_response().await?;
         }
@@ -365,19 +617,7 @@ impl Edge {
         ctx.status = status.as_u16();
         let mut header = ResponseHeader::from(parts);
         let head = session.req_header().method == http::Method::HEAD;
-        if ctx.catalog.is_some() && status == http::StatusCode::OK && !head {
-            let collected = body
-                .collect()
-                .await
-                .map_err(|e| Error::because(ErrorType::InternalError, "reading the catalog", e))?
-                .to_bytes();
-            let filtered = self.filter_catalog(ctx.user.as_deref(), &collected)?;
-            header.insert_header(http::header::CONTENT_LENGTH, filtered.len().to_string())?;
-            session
-                .write_response_header(Box::new(header), false)
-                .await?;
-            return session.write_response_body(Some(filtered), true).await;
-        }
+        frame(&mut header, &body, session.is_http2())?;
         let end = head || body.is_end_stream();
         session.write_response_header(Box::new(header), end).await?;
         if end {
@@ -398,25 +638,6 @@ impl Edge {
             }
         }
         session.write_response_body(None, true).await
-    }
-
-    /// The catalog answer with only the repositories the user may pull.
-    fn filter_catalog(&self, user: Option<&str>, answer: &[u8]) -> Result<Bytes> {
-        let user = user.unwrap_or_default();
-        let mut v: serde_json::Value = serde_json::from_slice(answer).map_err(|e| {
-            Error::because(
-                ErrorType::InvalidHTTPHeader,
-                "catalog answer is not JSON",
-                e,
-            )
-        })?;
-        if let Some(repos) = v.get_mut("repositories").and_then(|r| r.as_array_mut()) {
-            repos.retain(|r| {
-                r.as_str()
-                    .is_some_and(|name| self.access.allows(user, name, Action::Pull))
-            });
-        }
-        Ok(Bytes::from(v.to_string()))
     }
 
     fn pick(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -466,12 +687,16 @@ impl ProxyHttp for Edge {
             upstream: 0,
             tries: 0,
             counted: false,
-            catalog: None,
+            client: None,
+            api: None,
             answered_in: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        crate::conn::header_done(session.as_downstream());
+        // Requests a client sends ahead are answered in order (RFC 9112 9.3.2), not dropped.
+        session.as_downstream_mut().set_pipelining_enabled(true);
         let answered = if self.admit(session, ctx).await? {
             true
         } else if let Upstreams::Embedded(registry) = &self.upstreams {
@@ -517,9 +742,9 @@ impl ProxyHttp for Edge {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         // HTTP/2 requests carry an absolute URI and no Host header: forward origin-form with Host.
         if let Some(authority) = upstream.uri.authority().map(|a| a.to_string()) {
@@ -527,29 +752,28 @@ impl ProxyHttp for Edge {
                 upstream.insert_header(http::header::HOST, authority)?;
             }
         }
-        if upstream.uri.scheme().is_some() {
-            let pq = upstream
-                .uri
-                .path_and_query()
-                .map_or("/".to_owned(), |p| p.as_str().to_owned());
-            upstream
-                .set_uri(pq.parse().map_err(|_| {
-                    Error::explain(ErrorType::InvalidHTTPHeader, "bad request URI")
-                })?);
+        // Only the canonical form that was parsed and authorized goes upstream, never the
+        // client's bytes.
+        let Some(api) = ctx.api.as_ref() else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(404),
+                "nothing is forwarded that was not parsed",
+            ));
+        };
+        upstream.set_uri(
+            api.target
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::InternalError, "canonical target"))?,
+        );
+        // The edge is where the client's address and scheme are known: what the client says
+        // about them is dropped, and the edge's own values are set.
+        for h in SPOOFABLE {
+            upstream.remove_header(*h);
         }
         upstream.insert_header("X-Forwarded-Proto", "https")?;
-        if let Some(ip) = client_ip(session) {
-            let ip = ip.to_string();
-            let xff = match upstream
-                .headers
-                .get("X-Forwarded-For")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-                _ => ip.clone(),
-            };
-            upstream.insert_header("X-Forwarded-For", xff)?;
-            upstream.insert_header("X-Real-IP", ip)?;
+        if let Some(ip) = ctx.client {
+            upstream.insert_header("X-Forwarded-For", ip.to_string())?;
+            upstream.insert_header("X-Real-IP", ip.to_string())?;
         }
         Ok(())
     }
@@ -566,34 +790,7 @@ impl ProxyHttp for Edge {
         if is_api(session.req_header().uri.path()) {
             resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
         }
-        if ctx.catalog.is_some() {
-            if resp.status == 200 {
-                // The body is rewritten: its length changes.
-                resp.remove_header(&http::header::CONTENT_LENGTH);
-            } else {
-                ctx.catalog = None;
-            }
-        }
         Ok(())
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> Result<Option<Duration>> {
-        let Some(buf) = ctx.catalog.as_mut() else {
-            return Ok(None);
-        };
-        if let Some(b) = body.take() {
-            buf.extend_from_slice(&b);
-        }
-        if end_of_stream {
-            *body = Some(self.filter_catalog(ctx.user.as_deref(), buf)?);
-        }
-        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -645,13 +842,14 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        crate::conn::request_done(session.as_downstream());
         if !ctx.counted {
             // Never reached request_filter (e.g. a malformed request): nothing to account.
             return;
         }
         metrics::IN_FLIGHT.dec();
         let req = session.req_header();
-        let method = req.method.as_str().to_owned();
+        let method = registry_core::metrics::method_label(&req.method);
         let path = req.uri.path().to_owned();
         let status = if ctx.status != 0 {
             ctx.status
@@ -661,10 +859,10 @@ impl ProxyHttp for Edge {
         let elapsed = ctx.answered_in.unwrap_or_else(|| ctx.start.elapsed());
         let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
         metrics::REQUESTS
-            .with_label_values(&[ctx.route, &method, &status.to_string()])
+            .with_label_values(&[ctx.route, method, &metrics::code_label(status)])
             .inc();
         metrics::DURATION
-            .with_label_values(&[ctx.route, &method])
+            .with_label_values(&[ctx.route, method])
             .observe(elapsed.as_secs_f64());
         metrics::REQUEST_BYTES
             .with_label_values(&[ctx.route])
@@ -674,14 +872,14 @@ impl ProxyHttp for Edge {
             .inc_by(bytes_out as u64);
         tracing::info!(
             target: "access",
-            method = %method,
+            method = %req.method,
             path = %path,
             status,
             bytes_in,
             bytes_out,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             user = ctx.user.as_deref().unwrap_or("-"),
-            client = %client_ip(session).map_or("-".to_owned(), |ip| ip.to_string()),
+            client = %ctx.client.map_or("-".to_owned(), |ip| ip.to_string()),
             error = e.map(|e| e.to_string()),
         );
     }

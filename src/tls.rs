@@ -234,6 +234,8 @@ pub fn generate_self_signed(
     );
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Strict X.509 checks (Python 3.13's default among them) want the issuer's key named.
+    params.use_authority_key_identifier_extension = true;
     let leaf = params.signed_by(&leaf_key, &issuer).map_err(g)?;
 
     write_file(key, leaf_key.serialize_pem().as_bytes(), true)?;
@@ -262,6 +264,15 @@ mod tests {
         let g = generate_self_signed(&c, &k, &ca, &["registry.example".into(), "10.1.2.3".into()])
             .unwrap();
         assert!(g.names.contains(&"10.1.2.3".to_string()));
+        let pem = std::fs::read(&c).unwrap();
+        let (_, der) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = der.parse_x509().unwrap();
+        assert!(
+            cert.extensions()
+                .iter()
+                .any(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER),
+            "the leaf names its issuer's key"
+        );
         load_certified_key(&c, &k).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(

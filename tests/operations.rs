@@ -5,39 +5,12 @@ mod common;
 
 use std::net::IpAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{basic, error_code, have, reserve_port, run, sample, Edge, EdgeOpts};
+use common::{
+    add_user, basic, error_code, eventually, have, reserve_port, run, sample, Edge, EdgeOpts,
+};
 use serde_json::Value;
-
-/// Polls `f` until it returns true (at most `secs` seconds).
-async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn add_user(edge: &Edge, user: &str, password: &str) {
-    let (code, _, err) = edge.cli(
-        &["passwd", user, "--password-stdin", "--cost", "5"],
-        &format!("{password}\n"),
-    );
-    assert_eq!(code, 0, "{err}");
-    let c = edge.client(false);
-    let url = format!("{}/v2/", edge.url());
-    eventually(10, "the edge reloads htpasswd", async || {
-        c.get(&url)
-            .header("authorization", basic(user, password))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn prometheus_scrapes_the_metrics() {

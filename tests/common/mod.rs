@@ -288,3 +288,121 @@ pub fn basic(user: &str, password: &str) -> String {
 pub fn assert_same_blobs(a: &Path, b: &Path) {
     core::assert_same_blobs(a, b)
 }
+
+/// Polls `f` until it returns true (at most `secs` seconds).
+pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn add_user(edge: &Edge, user: &str, password: &str) {
+    let (code, _, err) = edge.cli(
+        &["passwd", user, "--password-stdin", "--cost", "5"],
+        &format!("{password}\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let c = edge.client(false);
+    let url = format!("{}/v2/", edge.url());
+    eventually(10, "the edge reloads htpasswd", async || {
+        c.get(&url)
+            .header("authorization", basic(user, password))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+}
+
+/// A TLS connection to the edge that trusts its CA, for requests no HTTP client library sends.
+pub type RawTls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// A TCP connection to `addr` from `source` (another loopback address plays another host).
+pub fn tcp_from(
+    addr: &str,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<std::net::TcpStream> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if let Some(ip) = source {
+        sock.bind(&std::net::SocketAddr::new(ip, 0).into())?;
+    }
+    sock.connect(&addr.into())?;
+    let s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    Ok(s)
+}
+
+pub fn raw_tls(edge: &Edge) -> RawTls {
+    raw_tls_from(edge, None)
+}
+
+/// A raw TLS connection from `source`.
+pub fn raw_tls_from(edge: &Edge, source: Option<std::net::IpAddr>) -> RawTls {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut edge.ca_pem().as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let sock = tcp_from(&edge.addr, source).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+/// Reads until the end of a response header block.
+pub fn read_head(s: &mut impl std::io::Read) -> String {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => buf.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Sends `request` (bytes as they are) on a new TLS connection and reads the answer until the
+/// server closes or `Content-Length` is satisfied; returns (status, the whole answer).
+pub fn raw_exchange(
+    edge: &Edge,
+    source: Option<std::net::IpAddr>,
+    request: &[u8],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = raw_tls_from(edge, source);
+    s.write_all(request).unwrap();
+    s.flush().unwrap();
+    let head = read_head(&mut s);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = s.read_exact(&mut body);
+    (status, head + &String::from_utf8_lossy(&body))
+}

@@ -1,0 +1,459 @@
+//! Client connections on the HTTPS port, before and around HTTP: the per-address connection
+//! cap, the TLS handshake (with a deadline, and a readable 400 for plain HTTP), and the deadline
+//! on each request's header block.
+//!
+//! pingora's own TLS listener allows 60 s for a handshake and times header reads per read, so a
+//! client trickling a byte every few seconds keeps a connection forever, and nothing limits how
+//! many connections one address holds. So the HTTPS port is a plain TCP listener whose
+//! connections go through [`Guard`]: it counts the connection against its address (refusing it
+//! over the cap), runs the handshake itself under a deadline, and hands the TLS stream, wrapped
+//! in [`Guarded`], to the HTTP proxy. [`Guarded`] fails a read once a request's header block has
+//! taken longer than its deadline; the proxy disarms it when the header is complete
+//! ([`header_done`]) and re-arms it when the request ends ([`request_done`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::metrics;
+
+/// Limits on client connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections one client address may have open at once (0: no cap).
+    pub per_address: u32,
+    /// Time from accepting a connection to the end of its TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time a request's header block may take, from its first byte (for a new connection, from
+    /// the end of the handshake).
+    pub header_timeout: Duration,
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+pub struct Counts {
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One open connection, counted against its address until dropped.
+pub struct Permit {
+    counts: Arc<Counts>,
+    ip: Option<IpAddr>,
+}
+
+impl Counts {
+    /// Counts a new connection from `ip`, or `None` when it already has `cap` open.
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>, cap: u32) -> Option<Permit> {
+        if let Some(ip) = ip {
+            let mut m = self.open.lock().expect("connection counts lock");
+            let n = m.entry(ip).or_insert(0);
+            if cap > 0 && *n >= cap {
+                return None;
+            }
+            *n += 1;
+        }
+        metrics::CONNECTIONS.inc();
+        Some(Permit {
+            counts: self.clone(),
+            ip,
+        })
+    }
+
+    /// Open connections from `ip`.
+    pub fn open(&self, ip: IpAddr) -> u32 {
+        let m = self.open.lock().expect("connection counts lock");
+        m.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        metrics::CONNECTIONS.dec();
+        if let Some(ip) = self.ip {
+            let mut m = self.counts.open.lock().expect("connection counts lock");
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// The header deadline's state, shared between the stream and the proxy.
+#[derive(Debug)]
+struct Armed {
+    armed: AtomicBool,
+    /// Bumped whenever the deadline is disarmed or re-armed, so the stream drops its timer.
+    generation: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Deadline {
+    limit: Duration,
+    shared: Arc<Armed>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timer_generation: u64,
+}
+
+/// A client connection: the stream pingora reads and writes, with the header deadline and the
+/// connection's place in the per-address count.
+pub struct Guarded {
+    inner: Stream,
+    deadline: Option<Deadline>,
+    _permit: Option<Permit>,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl Guarded {
+    fn raw(inner: Stream) -> Guarded {
+        Guarded {
+            inner,
+            deadline: None,
+            _permit: None,
+        }
+    }
+
+    /// A connection whose first request header must be complete within `limit` from now.
+    fn new(inner: Stream, limit: Option<Duration>, permit: Permit) -> Guarded {
+        let deadline = limit.map(|limit| Deadline {
+            limit,
+            shared: Arc::new(Armed {
+                armed: AtomicBool::new(true),
+                generation: AtomicU64::new(0),
+            }),
+            timer: Some(Box::pin(tokio::time::sleep(limit))),
+            timer_generation: 0,
+        });
+        Guarded {
+            inner,
+            deadline,
+            _permit: Some(permit),
+        }
+    }
+
+    fn set_armed(&self, armed: bool) {
+        if let Some(d) = &self.deadline {
+            d.shared.armed.store(armed, Ordering::Release);
+            d.shared.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The [`Guarded`] stream under a downstream session, if any (HTTP/1 only).
+fn guarded(session: &ServerSession) -> Option<&Guarded> {
+    session.stream()?.as_any().downcast_ref::<Guarded>()
+}
+
+/// The request's header block is complete: its deadline no longer applies.
+pub fn header_done(session: &ServerSession) {
+    if let Some(g) = guarded(session) {
+        g.set_armed(false);
+    }
+}
+
+/// The request is over: the next one's header block gets the deadline, from its first byte.
+pub fn request_done(session: &ServerSession) {
+    if let Some(g) = guarded(session) {
+        g.set_armed(true);
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let mut armed = false;
+        if let Some(d) = this.deadline.as_mut() {
+            let generation = d.shared.generation.load(Ordering::Acquire);
+            if generation != d.timer_generation {
+                d.timer = None;
+                d.timer_generation = generation;
+            }
+            armed = d.shared.armed.load(Ordering::Acquire);
+            if armed {
+                if let Some(t) = d.timer.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        metrics::CONNECTIONS_REFUSED
+                            .with_label_values(&["header_timeout"])
+                            .inc();
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "request header not complete in time",
+                        )));
+                    }
+                }
+            }
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if armed && matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            if let Some(d) = this.deadline.as_mut() {
+                if d.timer.is_none() {
+                    // The first byte of a request: its header block has `limit` from now.
+                    let mut t = Box::pin(tokio::time::sleep(d.limit));
+                    let _ = t.as_mut().poll(cx);
+                    d.timer = Some(t);
+                }
+            }
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(self.inner.as_mut()).await
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// What a plain-HTTP client on the HTTPS port is told (Go's words, as nginx says it too).
+const PLAIN_HTTP_ANSWER: &str = "Client sent an HTTP request to an HTTPS server.\n";
+
+/// The HTTPS port's connection handler: the per-address cap, the TLS handshake, then the HTTP
+/// application `A` (the proxy) on the guarded stream.
+pub struct Guard<A> {
+    pub app: Arc<A>,
+    pub acceptor: Acceptor,
+    pub limits: Limits,
+    pub counts: Arc<Counts>,
+}
+
+impl<A> Guard<A> {
+    /// The TLS stream of a new connection, or `None` when it was refused or failed.
+    async fn handshake(&self, mut stream: Stream) -> Option<Stream> {
+        let mut first = [0u8; 1];
+        match stream.try_peek(&mut first).await {
+            Ok(true) if first[0] != 0x16 && first[0].is_ascii_alphabetic() => {
+                // Not a TLS record but a request line: answer it in HTTP, readably.
+                let answer = format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PLAIN_HTTP_ANSWER}",
+                    PLAIN_HTTP_ANSWER.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.flush().await;
+                metrics::CONNECTIONS_REFUSED
+                    .with_label_values(&["plain_http"])
+                    .inc();
+                return None;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "connection closed before its TLS handshake");
+                metrics::CONNECTIONS_REFUSED
+                    .with_label_values(&["handshake_failed"])
+                    .inc();
+                return None;
+            }
+        }
+        match self.acceptor.tls_handshake(Guarded::raw(stream)).await {
+            Ok(tls) => Some(Box::new(tls)),
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                metrics::CONNECTIONS_REFUSED
+                    .with_label_values(&["handshake_failed"])
+                    .inc();
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let Some(permit) = self.counts.admit(ip, self.limits.per_address) else {
+            metrics::CONNECTIONS_REFUSED
+                .with_label_values(&["per_address"])
+                .inc();
+            tracing::debug!(client = ?ip, "connection refused: the address has too many open");
+            return None;
+        };
+        let tls = match tokio::time::timeout(self.limits.handshake_timeout, self.handshake(stream))
+            .await
+        {
+            Ok(Some(tls)) => tls,
+            Ok(None) => return None,
+            Err(_) => {
+                metrics::CONNECTIONS_REFUSED
+                    .with_label_values(&["handshake_timeout"])
+                    .inc();
+                tracing::debug!(client = ?ip, "TLS handshake not complete in time");
+                return None;
+            }
+        };
+        // HTTP/2 frames its own requests; the header deadline is for HTTP/1's.
+        let limit =
+            (tls.selected_alpn_proto() != Some(ALPN::H2)).then_some(self.limits.header_timeout);
+        let mut stream: Stream = Box::new(Guarded::new(tls, limit, permit));
+        // Every request on this connection is served here (the permit lives as long as it).
+        loop {
+            stream = self.app.process_new(stream, shutdown).await?;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so that connections, not file
+/// descriptors, are what the limits above ration. Returns the limit in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current != l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::warn!(error = %e, "could not raise the open-files limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_address() {
+        let c = Arc::new(Counts::default());
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        let a = c.admit(Some(ip), 2).unwrap();
+        let _b = c.admit(Some(ip), 2).unwrap();
+        assert!(c.admit(Some(ip), 2).is_none());
+        assert!(c.admit(Some("127.0.0.3".parse().unwrap()), 2).is_some());
+        drop(a);
+        assert_eq!(c.open(ip), 1);
+        assert!(c.admit(Some(ip), 2).is_some());
+        assert!(c.admit(Some(ip), 0).is_some(), "0: no cap");
+    }
+}
