@@ -103,16 +103,33 @@ impl Drop for Permit {
 #[derive(Debug)]
 struct Armed {
     armed: AtomicBool,
-    /// Bumped whenever the deadline is disarmed or re-armed, so the stream drops its timer.
+    /// Bumped whenever the deadline is disarmed or re-armed, so the stream starts afresh.
     generation: AtomicU64,
 }
 
+/// The deadline of one connection's current request header. No timer exists while the client
+/// keeps up: one is made only when a read has to wait in the middle of a header.
 #[derive(Debug)]
 struct Deadline {
     limit: Duration,
     shared: Arc<Armed>,
+    /// When the current header block began (its first byte; a new connection's first request:
+    /// the end of the handshake).
+    started: Option<tokio::time::Instant>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    timer_generation: u64,
+    generation: u64,
+}
+
+impl Deadline {
+    fn expired() -> std::io::Error {
+        metrics::CONNECTIONS_REFUSED
+            .with_label_values(&["header_timeout"])
+            .inc();
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "request header not complete in time",
+        )
+    }
 }
 
 /// A client connection: the stream pingora reads and writes, with the header deadline and the
@@ -148,8 +165,9 @@ impl Guarded {
                 armed: AtomicBool::new(true),
                 generation: AtomicU64::new(0),
             }),
-            timer: Some(Box::pin(tokio::time::sleep(limit))),
-            timer_generation: 0,
+            started: Some(tokio::time::Instant::now()),
+            timer: None,
+            generation: 0,
         });
         Guarded {
             inner,
@@ -192,39 +210,46 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        let mut armed = false;
-        if let Some(d) = this.deadline.as_mut() {
-            let generation = d.shared.generation.load(Ordering::Acquire);
-            if generation != d.timer_generation {
-                d.timer = None;
-                d.timer_generation = generation;
-            }
-            armed = d.shared.armed.load(Ordering::Acquire);
-            if armed {
-                if let Some(t) = d.timer.as_mut() {
-                    if t.as_mut().poll(cx).is_ready() {
-                        metrics::CONNECTIONS_REFUSED
-                            .with_label_values(&["header_timeout"])
-                            .inc();
-                        return Poll::Ready(Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "request header not complete in time",
-                        )));
-                    }
+        let Some(d) = this.deadline.as_mut() else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        let generation = d.shared.generation.load(Ordering::Acquire);
+        if generation != d.generation {
+            // Disarmed or re-armed since the last read: a new header block (or none) begins.
+            d.generation = generation;
+            d.started = None;
+            d.timer = None;
+        }
+        let armed = d.shared.armed.load(Ordering::Acquire);
+        if armed {
+            if let Some(t) = d.timer.as_mut() {
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(Deadline::expired()));
                 }
             }
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if armed && matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            if let Some(d) = this.deadline.as_mut() {
-                if d.timer.is_none() {
-                    // The first byte of a request: its header block has `limit` from now.
-                    let mut t = Box::pin(tokio::time::sleep(d.limit));
-                    let _ = t.as_mut().poll(cx);
-                    d.timer = Some(t);
+        if !armed {
+            return r;
+        }
+        match &r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before && d.started.is_none() => {
+                // The first byte of a request: its header block has `limit` from now.
+                d.started = Some(tokio::time::Instant::now());
+            }
+            Poll::Pending => {
+                if let Some(started) = d.started {
+                    // Waiting in the middle of a header block: now the deadline needs a timer.
+                    let t = d.timer.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep_until(started + d.limit))
+                    });
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(Deadline::expired()));
+                    }
                 }
             }
+            _ => {}
         }
         r
     }
