@@ -7,6 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// jemalloc instead of glibc's malloc. glibc kept what bursts of connections had freed in its
+/// per-thread arenas: RSS stayed at ~140 MB after two bursts of 1,000 connections, and fell to
+/// 22 MB when `malloc_trim` was called by hand. jemalloc's background threads (started in
+/// `main`) give freed pages back within seconds, also when the process is idle.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use registry_edge::config::{Config, DEFAULT_CONFIG};
 
 #[derive(Parser)]
@@ -90,6 +97,9 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             init_logging(config.log_json);
+            if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+                tracing::warn!(error = %e, "jemalloc background threads not started; freed memory is returned more slowly");
+            }
             match registry_edge::run(config, pingora::server::RunArgs::default()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
