@@ -560,12 +560,14 @@ enum RangeAsk {
     Unsatisfiable,
 }
 
+/// RFC 9110 14.2: a `Range` the server cannot parse (another unit, bad syntax, a last position
+/// before the first) is ignored and the whole blob sent; only a well-formed range that lies past
+/// the end (or a zero-length suffix) is unsatisfiable (416).
 fn parse_range(value: Option<&str>, size: u64) -> RangeAsk {
     let Some(v) = value else {
         return RangeAsk::Whole;
     };
     let Some(spec) = v.trim().strip_prefix("bytes=") else {
-        // Another unit: ignore the header, as RFC 9110 says.
         return RangeAsk::Whole;
     };
     if spec.contains(',') {
@@ -573,25 +575,33 @@ fn parse_range(value: Option<&str>, size: u64) -> RangeAsk {
         return RangeAsk::Whole;
     }
     let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeAsk::Unsatisfiable;
+        return RangeAsk::Whole;
     };
     let (a, b) = (a.trim(), b.trim());
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
     if a.is_empty() {
         // Suffix: the last b bytes.
+        if !digits(b) {
+            return RangeAsk::Whole;
+        }
         match b.parse::<u64>() {
+            // A suffix longer than u64 is the whole blob.
             Ok(n) if n > 0 && size > 0 => RangeAsk::Part(size.saturating_sub(n), size - 1),
+            Err(_) if size > 0 => RangeAsk::Part(0, size - 1),
             _ => RangeAsk::Unsatisfiable,
         }
     } else {
-        let Ok(start) = a.parse::<u64>() else {
-            return RangeAsk::Unsatisfiable;
-        };
+        if !digits(a) || !(b.is_empty() || digits(b)) {
+            return RangeAsk::Whole;
+        }
+        let start = a.parse::<u64>().unwrap_or(u64::MAX);
         let end = if b.is_empty() {
             u64::MAX
         } else {
             match b.parse::<u64>() {
                 Ok(e) if e >= start => e,
-                _ => return RangeAsk::Unsatisfiable,
+                Ok(_) => return RangeAsk::Whole,
+                Err(_) => u64::MAX,
             }
         };
         if start >= size {
@@ -699,8 +709,12 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=-30"), 10), RangeAsk::Part(0, 9));
         assert_eq!(parse_range(Some("bytes=8-100"), 10), RangeAsk::Part(8, 9));
         assert_eq!(parse_range(Some("bytes=10-"), 10), RangeAsk::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=5-2"), 10), RangeAsk::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=x-2"), 10), RangeAsk::Unsatisfiable);
+        // Unparseable ranges are ignored (RFC 9110 14.2).
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), RangeAsk::Whole);
+        assert_eq!(parse_range(Some("bytes=x-2"), 10), RangeAsk::Whole);
+        assert_eq!(parse_range(Some("bytes=abc"), 10), RangeAsk::Whole);
+        assert_eq!(parse_range(Some("bytes=-x"), 10), RangeAsk::Whole);
+        assert_eq!(parse_range(Some("bytes=+1-2"), 10), RangeAsk::Whole);
         assert_eq!(parse_range(Some("bytes=-0"), 10), RangeAsk::Unsatisfiable);
         assert_eq!(parse_range(Some("items=0-1"), 10), RangeAsk::Whole);
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeAsk::Whole);
