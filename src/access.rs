@@ -118,6 +118,11 @@ impl Rules {
         Ok(Rules { groups, rules })
     }
 
+    /// How many rules there are.
+    pub fn count(&self) -> usize {
+        self.rules.len()
+    }
+
     /// No rules: everyone authenticated may do everything.
     pub fn is_open(&self) -> bool {
         self.rules.is_empty()

@@ -373,7 +373,21 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
     let ready = server.add_service(background_service("ready", ReadyLog(config.listen.clone())));
     ready.add_dependency(&proxy_handle);
 
-    tracing::info!(listen = %config.listen, "registry-edge starting");
+    let upstream = match &config.upstream {
+        Upstream::Embedded(c) => format!("embedded registry-core, storage {}", c.root.display()),
+        Upstream::Urls(urls) => urls
+            .iter()
+            .map(|u| format!("{}://{}", if u.tls { "https" } else { "http" }, u.addr))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    tracing::info!(
+        listen = %config.listen,
+        upstream = %upstream,
+        users = metrics::HTPASSWD_USERS.get(),
+        access_rules = config.access.count(),
+        "registry-edge starting"
+    );
     server.run(args);
     Ok(())
 }

@@ -163,6 +163,11 @@ fn passwd(file: &Path, user: &str, from_stdin: bool, cost: u32) -> Result<(), St
             .map_err(|e| format!("reading the password: {e}"))?;
         line.trim_end_matches(['\n', '\r']).to_owned()
     } else {
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(
+                "the password is not read from a pipe unless asked: add --password-stdin".into(),
+            );
+        }
         let p = rpassword::prompt_password(format!("Password for {user}: "))
             .map_err(|e| format!("reading the password: {e}"))?;
         let again = rpassword::prompt_password("Again: ")

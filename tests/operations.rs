@@ -534,6 +534,19 @@ async fn passwd_output_is_accepted_by_the_edge_and_apache() {
     add_user(&edge, "dave", "second").await;
     let text = std::fs::read_to_string(edge.path("auth/htpasswd")).unwrap();
     assert_eq!(text.lines().filter(|l| l.starts_with("dave:")).count(), 1);
+    // A piped password without --password-stdin is refused with the flag named.
+    let (code, _, err) = edge.cli(&["passwd", "erin"], "piped\n");
+    assert_ne!(code, 0);
+    assert!(err.contains("--password-stdin"), "{err}");
+    // The start log names the storage, the users and the access rules.
+    let log = edge.log_text();
+    let start = log
+        .lines()
+        .find(|l| l.contains("registry-edge starting"))
+        .unwrap();
+    for want in ["embedded registry-core", "users=1", "access_rules=0"] {
+        assert!(start.contains(want), "{want}: {start}");
+    }
     let (code, _, err) = edge.cli(&["passwd", "bad:name", "--password-stdin"], "x\n");
     assert_ne!(code, 0);
     assert!(err.contains("bad:name"), "{err}");
