@@ -289,3 +289,44 @@ fn docker_engine_login_push_pull() {
     let layers_after = docker(&["image", "inspect", "-f", "{{json .RootFS.Layers}}", &image]);
     assert_eq!(layers_before, layers_after);
 }
+
+/// skopeo with no login sends empty Basic credentials (`Og==`): it gets 401 "authentication
+/// required" rather than "malformed Authorization header", and
+/// however often it tries, the address is not locked out for the real login that follows.
+#[test]
+fn skopeo_without_login_is_asked_to_log_in_and_never_locked_out() {
+    if !have("skopeo") {
+        return;
+    }
+    let edge = Edge::start();
+    let dir = tempfile::tempdir().unwrap();
+    let authfile = dir.path().join("auth.json");
+    std::fs::write(&authfile, "{}").unwrap();
+    for _ in 0..8 {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--cert-dir"])
+            .arg(edge.cert_dir())
+            .arg("--authfile")
+            .arg(&authfile)
+            .arg(format!("docker://{}/anon/app:v1", edge.addr))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        // skopeo shows the registry's UNAUTHORIZED ("authentication required") as "unauthorized".
+        assert!(
+            err.contains("unauthorized") || err.contains("authentication required"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("malformed") && !err.contains("too many"),
+            "{err}"
+        );
+    }
+    let out = login(&edge, &authfile, "skopeo", &edge.password);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
