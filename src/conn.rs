@@ -35,6 +35,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::metrics;
 
+/// Set when the edge drains before it exits (SIGTERM): new connections are closed at once and
+/// answered requests end their connection, while requests in flight finish.
+pub static DRAINING: AtomicBool = AtomicBool::new(false);
+
 /// Limits on client connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -415,6 +419,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
         let ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        if DRAINING.load(Ordering::Relaxed) {
+            metrics::CONNECTIONS_REFUSED
+                .with_label_values(&["draining"])
+                .inc();
+            return None;
+        }
         let Some(permit) = self.counts.admit(ip, self.limits.per_address) else {
             metrics::CONNECTIONS_REFUSED
                 .with_label_values(&["per_address"])

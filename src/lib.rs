@@ -42,7 +42,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
@@ -253,6 +253,60 @@ impl BackgroundService for Reloader {
     }
 }
 
+/// The edge's shutdown signals, as pingora's (SIGINT: exit at once; SIGQUIT: hand the listening
+/// sockets to a new process, for a binary upgrade), but for SIGTERM: the edge drains first (it
+/// stops taking connections and lets the requests in flight finish, at most `drain` long) and
+/// exits as soon as none is left, instead of always sleeping a whole grace period.
+pub struct Signals {
+    pub drain: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; running until killed");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+            _ = term.recv() => {}
+        }
+        conn::DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Connections accepted just before are given a moment to reach their request.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = std::time::Instant::now();
+        let in_flight = || metrics::IN_FLIGHT.get();
+        tracing::info!(
+            in_flight = in_flight(),
+            drain_timeout = ?self.drain,
+            "SIGTERM: draining: no new connections; requests in flight may finish"
+        );
+        while in_flight() > 0 && start.elapsed() < self.drain {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = in_flight();
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "drain timeout reached; exiting with requests in flight"
+            );
+        } else {
+            tracing::info!(
+                duration_ms = start.elapsed().as_millis() as u64,
+                "drained: no request in flight; exiting"
+            );
+        }
+        ShutdownSignal::FastShutdown
+    }
+}
+
 /// Logs readiness once the services it depends on are up.
 struct ReadyLog(String);
 
@@ -264,7 +318,8 @@ impl BackgroundService for ReadyLog {
 }
 
 /// Runs the edge until `args.shutdown_signal` fires (SIGTERM by default): every file is checked
-/// before anything listens, then pingora serves until shutdown and transfers drain.
+/// before anything listens, then pingora serves until shutdown. On a graceful terminate the
+/// requests in flight drain when `args` is [`Signals`], as the binary runs it.
 pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
     metrics::init();
     let files = conn::raise_open_files_limit();

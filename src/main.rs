@@ -100,7 +100,13 @@ fn main() -> ExitCode {
             if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
                 tracing::warn!(error = %e, "jemalloc background threads not started; freed memory is returned more slowly");
             }
-            match registry_edge::run(config, pingora::server::RunArgs::default()) {
+            let signals = registry_edge::Signals {
+                drain: config.drain_timeout,
+            };
+            let args = pingora::server::RunArgs {
+                shutdown_signal: Box::new(signals),
+            };
+            match registry_edge::run(config, args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("registry-edge: {e}");

@@ -99,7 +99,7 @@ metric!(CONNECTIONS: IntGauge = register_int_gauge!(
 ));
 metric!(CONNECTIONS_REFUSED: IntCounterVec = register_int_counter_vec!(
     "regedge_connections_refused_total",
-    "Client connections closed by the edge, by reason: per_address (over the per-address cap), handshake_timeout, handshake_failed, plain_http (HTTP on the HTTPS port), header_timeout (a request header not complete in time).",
+    "Client connections closed by the edge, by reason: per_address (over the per-address cap), handshake_timeout, handshake_failed, plain_http (HTTP on the HTTPS port), header_timeout (a request header not complete in time), draining (arrived while the edge drains to exit).",
     &["reason"]
 ));
 metric!(CERT_EXPIRY: IntGauge = register_int_gauge!(
@@ -154,6 +154,7 @@ pub fn init() {
         "handshake_failed",
         "plain_http",
         "header_timeout",
+        "draining",
     ] {
         CONNECTIONS_REFUSED.with_label_values(&[r]);
     }

@@ -379,7 +379,12 @@ impl Edge {
         let idle = self.timeouts.client_idle;
         session.set_read_timeout(Some(idle));
         session.set_write_timeout(Some(idle));
-        session.set_keepalive(Some(idle.as_secs()));
+        if crate::conn::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+            // The edge is about to exit: this is the connection's last request.
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(idle.as_secs()));
+        }
         let path = session.req_header().uri.path().to_owned();
         ctx.route = metrics::route_class(&path);
         if !is_api(&path) {

@@ -686,3 +686,34 @@ async fn sigterm_lets_a_transfer_in_flight_finish() {
         .unwrap();
     assert!(status.is_some(), "the edge did not exit after draining");
 }
+
+#[tokio::test]
+async fn sigterm_on_an_idle_edge_exits_at_once_and_says_so() {
+    let mut edge = Edge::start();
+    // An idle keep-alive connection does not hold the exit up.
+    let c = edge.client(false);
+    let r = c
+        .get(format!("{}/v2/", edge.url()))
+        .header("authorization", basic(&edge.user, &edge.password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let start = Instant::now();
+    let status = edge.terminate(Duration::from_secs(30));
+    let took = start.elapsed();
+    assert!(status.is_some(), "the edge did not exit");
+    println!("SIGTERM to exit: {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // The log reader may still be catching up with the exited process.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !edge.log_text().contains("drained") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = edge.log_text();
+    assert!(
+        log.contains("draining") && log.contains("in_flight=0"),
+        "{log}"
+    );
+    assert!(log.contains("drained: no request in flight"), "{log}");
+}
