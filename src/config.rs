@@ -279,6 +279,9 @@ pub struct Config {
     pub access: crate::access::Rules,
     pub lockout: crate::lockout::Policy,
     pub log_json: bool,
+    /// `REGISTRY_*` (registry:2) settings in the environment that the edge does not honour and
+    /// that change nothing it guards; named in a warning at start.
+    pub ignored_env: Vec<String>,
 }
 
 /// A configuration error, naming the key and where the value came from.
@@ -332,6 +335,24 @@ impl Config {
         })?;
         let mut overridden = Vec::new();
         let env: Vec<(String, String)> = env.into_iter().collect();
+        // registry:2 settings the edge does not honour: refused when they would change where
+        // data goes or who may do what, otherwise warned about at start.
+        let mut honoured: Vec<&str> = REGISTRY_COMPAT.iter().map(|(n, _, _)| *n).collect();
+        honoured.push("REGISTRY_AUTH");
+        let mut ignored_env = Vec::new();
+        let pairs = env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for u in registry_core::config::check_registry_env(pairs, &honoured) {
+            match u {
+                registry_core::config::Unsupported::Refused { name, why } => {
+                    return Err(ConfigError::Value {
+                        origin: "environment".into(),
+                        key: name,
+                        message: format!("registry:2 setting not supported: {why}"),
+                    })
+                }
+                registry_core::config::Unsupported::Ignored { name } => ignored_env.push(name),
+            }
+        }
         for (name, section, key) in REGISTRY_COMPAT {
             let edge_name = format!("{ENV_PREFIX}{}_{}", section, key).to_ascii_uppercase();
             let Some((_, raw)) = env.iter().find(|(k, _)| k == name) else {
@@ -397,7 +418,9 @@ impl Config {
                     .map(|k| format!(" (key `{k}`)"))
                     .unwrap_or_default(),
         })?;
-        Self::validate(file, &origin)
+        let mut config = Self::validate(file, &origin)?;
+        config.ignored_env = ignored_env;
+        Ok(config)
     }
 
     fn validate(f: FileConfig, origin: &str) -> Result<Config, ConfigError> {
@@ -546,6 +569,7 @@ impl Config {
             access,
             lockout,
             log_json,
+            ignored_env: Vec::new(),
         })
     }
 }

@@ -428,6 +428,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
     let ready = server.add_service(background_service("ready", ReadyLog(config.listen.clone())));
     ready.add_dependency(&proxy_handle);
 
+    for name in &config.ignored_env {
+        tracing::warn!(setting = %name, "registry:2 setting not supported by registry-edge: ignored");
+    }
     let upstream = match &config.upstream {
         Upstream::Embedded(c) => format!("embedded registry-core, storage {}", c.root.display()),
         Upstream::Urls(urls) => urls

@@ -509,6 +509,38 @@ fn edge_exit(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> (i32
 #[test]
 fn bad_configuration_stops_the_start_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
+    // A registry:2 environment block asking for S3 and a pull-through cache is refused, naming
+    // the setting, rather than quietly run as a local-disk registry.
+    for (env, named) in [
+        (
+            &[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "images"),
+                ("REGISTRY_HTTP_SECRET", "s"),
+            ][..],
+            "REGISTRY_STORAGE",
+        ),
+        (
+            &[("REGISTRY_PROXY_REMOTEURL", "https://registry-1.docker.io")][..],
+            "REGISTRY_PROXY_REMOTEURL",
+        ),
+        (&[("REGISTRY_AUTH", "token")][..], "REGISTRY_AUTH"),
+    ] {
+        let (code, err) = edge_exit(dir.path(), env, &["check"]);
+        assert_eq!(code, 64, "{err}");
+        assert!(
+            err.contains(named) && err.contains("not supported"),
+            "{err}"
+        );
+    }
+    // Anything else unknown starts, with a warning naming it.
+    let edge = Edge::start_with(EdgeOpts::default().env("REGISTRY_HTTP_SECRET", "shared"));
+    assert!(
+        edge.log_text().contains("REGISTRY_HTTP_SECRET"),
+        "{}",
+        edge.log_text()
+    );
+    drop(edge);
     let (code, err) = edge_exit(dir.path(), &[("REGISTRY_EDGE_SERVER_THREADS", "zero")], &[]);
     assert_eq!(code, 64, "{err}");
     assert!(

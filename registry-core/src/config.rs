@@ -74,6 +74,8 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
+    #[error("environment: `{name}`: registry:2 setting not supported: {why}")]
+    Unsupported { name: String, why: &'static str },
 }
 
 fn duration(origin: &str, key: &'static str, v: &str) -> Result<Duration, ConfigError> {
@@ -182,5 +184,176 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("delete_enabled"), "{e}");
+    }
+}
+
+/// What to do about a `registry:2` (`REGISTRY_*`) setting this program does not honour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unsupported {
+    /// It would change where data goes or who may do what: the start stops, naming it.
+    Refused { name: String, why: &'static str },
+    /// Anything else: the start goes on with a warning naming it.
+    Ignored { name: String },
+}
+
+/// `registry:2` settings that change where data goes or who may do what, by name prefix; a
+/// start with one of them set (and not honoured) is refused rather than run as something else.
+const REFUSED_PREFIXES: &[(&str, &str)] = &[
+    (
+        "REGISTRY_STORAGE_S3",
+        "S3 storage is not supported yet; images would go to local disk",
+    ),
+    (
+        "REGISTRY_STORAGE_AZURE",
+        "Azure storage is not supported; images would go to local disk",
+    ),
+    (
+        "REGISTRY_STORAGE_GCS",
+        "GCS storage is not supported; images would go to local disk",
+    ),
+    (
+        "REGISTRY_STORAGE_SWIFT",
+        "Swift storage is not supported; images would go to local disk",
+    ),
+    (
+        "REGISTRY_STORAGE_OSS",
+        "OSS storage is not supported; images would go to local disk",
+    ),
+    (
+        "REGISTRY_STORAGE_INMEMORY",
+        "in-memory storage is not supported",
+    ),
+    (
+        "REGISTRY_STORAGE_REDIRECT",
+        "storage redirects are not supported",
+    ),
+    (
+        "REGISTRY_PROXY",
+        "pull-through caching is not supported; this would be an empty registry instead",
+    ),
+    (
+        "REGISTRY_AUTH_TOKEN",
+        "token auth is not supported yet; the access would differ",
+    ),
+    (
+        "REGISTRY_AUTH_SILLY",
+        "silly auth is not supported; the access would differ",
+    ),
+    (
+        "REGISTRY_HTTP_TLS_CLIENTCAS",
+        "client-certificate auth is not supported; the access would differ",
+    ),
+    (
+        "REGISTRY_HTTP_TLS_LETSENCRYPT",
+        "Let's Encrypt is not supported yet; give a certificate instead",
+    ),
+    (
+        "REGISTRY_VALIDATION",
+        "manifest validation rules are not supported; what is accepted would differ",
+    ),
+];
+
+/// Checks the environment's `REGISTRY_*` settings against the ones this program honours
+/// (`honoured`, exact names); returns what it does not honour, refused first.
+pub fn check_registry_env<'a>(
+    env: impl IntoIterator<Item = (&'a str, &'a str)>,
+    honoured: &[&str],
+) -> Vec<Unsupported> {
+    let mut out = Vec::new();
+    for (name, value) in env {
+        if !name.starts_with("REGISTRY_")
+            || (honoured.contains(&name) && name != "REGISTRY_AUTH" && name != "REGISTRY_STORAGE")
+        {
+            continue;
+        }
+        // This program's own variables are not registry:2 settings.
+        if name.starts_with("REGISTRY_EDGE_") || name.starts_with("REGISTRY_CORE_") {
+            continue;
+        }
+        let refused = match name {
+            "REGISTRY_STORAGE" if value.trim().eq_ignore_ascii_case("filesystem") => continue,
+            "REGISTRY_STORAGE" => {
+                Some("only filesystem storage is supported yet; images would go to local disk")
+            }
+            "REGISTRY_AUTH"
+                if honoured.contains(&"REGISTRY_AUTH")
+                    && value.trim().eq_ignore_ascii_case("htpasswd") =>
+            {
+                continue
+            }
+            "REGISTRY_AUTH" if honoured.contains(&"REGISTRY_AUTH") => {
+                Some("only htpasswd auth is supported; the access would differ")
+            }
+            _ => REFUSED_PREFIXES
+                .iter()
+                .find(|(p, _)| name.starts_with(p))
+                .map(|(_, why)| *why)
+                .or_else(|| {
+                    name.starts_with("REGISTRY_AUTH").then_some(
+                        "authentication is not done here (registry-core answers everyone: put registry-edge in front of it)",
+                    )
+                }),
+        };
+        out.push(match refused {
+            Some(why) => Unsupported::Refused {
+                name: name.to_owned(),
+                why,
+            },
+            None => Unsupported::Ignored {
+                name: name.to_owned(),
+            },
+        });
+    }
+    out.sort_by_key(|u| !matches!(u, Unsupported::Refused { .. }));
+    out
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn registry2_settings_are_honoured_refused_or_warned_about() {
+        let env = [
+            ("REGISTRY_STORAGE", "s3"),
+            ("REGISTRY_STORAGE_S3_BUCKET", "b"),
+            ("REGISTRY_HTTP_SECRET", "x"),
+            ("REGISTRY_HTTP_ADDR", ":5000"),
+            ("REGISTRY_EDGE_SERVER_LISTEN", "x"),
+            ("REGISTRY_AUTH", "htpasswd"),
+            ("PATH", "/bin"),
+        ];
+        let r = check_registry_env(env, &["REGISTRY_HTTP_ADDR", "REGISTRY_AUTH"]);
+        let names: Vec<_> = r
+            .iter()
+            .map(|u| match u {
+                Unsupported::Refused { name, .. } => format!("refused {name}"),
+                Unsupported::Ignored { name } => format!("ignored {name}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "refused REGISTRY_STORAGE",
+                "refused REGISTRY_STORAGE_S3_BUCKET",
+                "ignored REGISTRY_HTTP_SECRET"
+            ]
+        );
+        let ok = check_registry_env([("REGISTRY_STORAGE", "filesystem")], &[]);
+        assert!(ok.is_empty());
+        // registry-core does no auth: an htpasswd setting meant for it is refused, not ignored.
+        let core = check_registry_env(
+            [
+                ("REGISTRY_AUTH", "htpasswd"),
+                ("REGISTRY_AUTH_HTPASSWD_PATH", "/a"),
+            ],
+            &["REGISTRY_HTTP_ADDR"],
+        );
+        assert!(
+            core.iter()
+                .all(|u| matches!(u, Unsupported::Refused { .. })),
+            "{core:?}"
+        );
+        assert_eq!(core.len(), 2);
     }
 }

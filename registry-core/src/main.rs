@@ -47,7 +47,29 @@ enum Command {
     },
 }
 
+/// registry:2 settings registry-core takes from the environment.
+const HONOURED_ENV: &[&str] = &[
+    "REGISTRY_HTTP_ADDR",
+    "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+    "REGISTRY_STORAGE_DELETE_ENABLED",
+];
+
 fn load(cli: &Cli) -> Result<Config, registry_core::config::ConfigError> {
+    use registry_core::config::{check_registry_env, ConfigError, Unsupported};
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    for u in check_registry_env(
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        HONOURED_ENV,
+    ) {
+        match u {
+            Unsupported::Refused { name, why } => {
+                return Err(ConfigError::Unsupported { name, why });
+            }
+            Unsupported::Ignored { name } => {
+                tracing::warn!(setting = %name, "registry:2 setting not supported by registry-core: ignored");
+            }
+        }
+    }
     let mut c = match &cli.config {
         Some(p) => Config::from_file(p)?,
         None => Config::default(),

@@ -180,3 +180,32 @@ async fn error_answers_are_framed_for_keep_alive() {
     assert!(first.contains("content-length:"), "{first}");
     assert_eq!(out.matches("HTTP/1.1 ").count(), 2, "{out}");
 }
+
+#[test]
+fn registry2_settings_it_cannot_honour_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // S3 would quietly become local disk; an htpasswd setting meant for registry-core (which does
+    // no auth) would quietly serve everyone.
+    for (k, v) in [
+        ("REGISTRY_STORAGE", "s3"),
+        ("REGISTRY_STORAGE_S3_BUCKET", "images"),
+        ("REGISTRY_AUTH_HTPASSWD_PATH", "/auth/htpasswd"),
+        ("REGISTRY_PROXY_REMOTEURL", "https://registry-1.docker.io"),
+    ] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_registry-core"))
+            .current_dir(dir.path())
+            .env(k, v)
+            .env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{k}: {err}");
+        assert!(err.contains(k) && err.contains("not supported"), "{err}");
+    }
+}
