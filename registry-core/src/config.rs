@@ -289,7 +289,9 @@ pub fn check_registry_env<'a>(
                 .find(|(p, _)| name.starts_with(p))
                 .map(|(_, why)| *why)
                 .or_else(|| {
-                    name.starts_with("REGISTRY_AUTH").then_some(
+                    // registry:2's auth settings, where no auth is done (registry-core).
+                    let auth = name == "REGISTRY_AUTH" || name.starts_with("REGISTRY_AUTH_HTPASSWD");
+                    (auth && !honoured.contains(&"REGISTRY_AUTH")).then_some(
                         "authentication is not done here (registry-core answers everyone: put registry-edge in front of it)",
                     )
                 }),
@@ -341,6 +343,12 @@ mod env_tests {
         );
         let ok = check_registry_env([("REGISTRY_STORAGE", "filesystem")], &[]);
         assert!(ok.is_empty());
+        // The compose file's own variables are only warned about.
+        let compose = check_registry_env([("REGISTRY_AUTH_DIR", "./auth")], &["REGISTRY_AUTH"]);
+        assert!(
+            matches!(compose[..], [Unsupported::Ignored { .. }]),
+            "{compose:?}"
+        );
         // registry-core does no auth: an htpasswd setting meant for it is refused, not ignored.
         let core = check_registry_env(
             [
