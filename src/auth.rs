@@ -263,13 +263,6 @@ impl Users {
     }
 }
 
-/// Whether a verification was answered from the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheUse {
-    Hit,
-    Miss,
-}
-
 /// Splits `Basic base64(user:password)`. Empty credentials (`Basic Og==`) are no credentials.
 pub fn parse_basic(header: &[u8]) -> Result<(String, String), Denied> {
     let s = std::str::from_utf8(header)
@@ -362,24 +355,6 @@ impl Authenticator {
         cache.insert(entry);
         Ok(Ok(User(user.to_owned())))
     }
-
-    /// Checks an `Authorization` header value: from the cache, else with bcrypt.
-    pub async fn verify(&self, header: Option<&[u8]>) -> (Result<User, Denied>, CacheUse) {
-        let Some(header) = header else {
-            return (Err(Denied::Missing), CacheUse::Miss);
-        };
-        let (user, password) = match parse_basic(header) {
-            Ok(c) => c,
-            Err(d) => return (Err(d), CacheUse::Miss),
-        };
-        if let Some(u) = self.cached(&user, &password) {
-            return (Ok(u), CacheUse::Hit);
-        }
-        match self.check(&user, &password).await {
-            Ok(r) => (r, CacheUse::Miss),
-            Err(Busy) => (Err(Denied::Invalid), CacheUse::Miss),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -391,24 +366,47 @@ mod tests {
         format!("Basic {}", STANDARD.encode(format!("{u}:{p}"))).into_bytes()
     }
 
+    /// Whether a verification was answered from the cache.
+    #[derive(Debug, PartialEq)]
+    enum CacheUse {
+        Hit,
+        Miss,
+    }
+
+    /// A header checked as the proxy checks it: parsed, then the cache, then bcrypt.
+    async fn verify(a: &Authenticator, header: Option<&[u8]>) -> (Result<User, Denied>, CacheUse) {
+        let parsed = header.map_or(Err(Denied::Missing), parse_basic);
+        let (user, password) = match parsed {
+            Ok(c) => c,
+            Err(d) => return (Err(d), CacheUse::Miss),
+        };
+        if let Some(u) = a.cached(&user, &password) {
+            return (Ok(u), CacheUse::Hit);
+        }
+        (
+            a.check(&user, &password).await.expect("pool not busy"),
+            CacheUse::Miss,
+        )
+    }
+
     #[tokio::test]
     async fn verifies_and_caches() {
         let line = hash_line("alice", "s3cret", 4).unwrap();
         assert!(line.starts_with("alice:$2y$04$"));
         let a = Authenticator::new(Htpasswd::parse(&line, Path::new("h")).unwrap());
-        let (r, c) = a.verify(Some(&basic("alice", "s3cret"))).await;
+        let (r, c) = verify(&a, Some(&basic("alice", "s3cret"))).await;
         assert_eq!((r, c), (Ok(User("alice".into())), CacheUse::Miss));
-        let (r, c) = a.verify(Some(&basic("alice", "s3cret"))).await;
+        let (r, c) = verify(&a, Some(&basic("alice", "s3cret"))).await;
         assert_eq!((r, c), (Ok(User("alice".into())), CacheUse::Hit));
         assert_eq!(
-            a.verify(Some(&basic("alice", "wrong"))).await.0,
+            verify(&a, Some(&basic("alice", "wrong"))).await.0,
             Err(Denied::Invalid)
         );
         assert_eq!(
-            a.verify(Some(&basic("bob", "s3cret"))).await.0,
+            verify(&a, Some(&basic("bob", "s3cret"))).await.0,
             Err(Denied::Invalid)
         );
-        assert_eq!(a.verify(None).await.0, Err(Denied::Missing));
+        assert_eq!(verify(&a, None).await.0, Err(Denied::Missing));
         for bad in [
             &b"Bearer x"[..],
             b"Basic !!!",
@@ -417,7 +415,7 @@ mod tests {
             b"Basic OnB3",
         ] {
             assert_eq!(
-                a.verify(Some(bad)).await.0,
+                verify(&a, Some(bad)).await.0,
                 Err(Denied::Malformed),
                 "{bad:?}"
             );
@@ -425,7 +423,7 @@ mod tests {
         // podman and skopeo send empty credentials before a login: that is no credentials.
         for none in [&b"Basic Og=="[..], b"basic Og=="] {
             assert_eq!(
-                a.verify(Some(none)).await.0,
+                verify(&a, Some(none)).await.0,
                 Err(Denied::Missing),
                 "{none:?}"
             );
@@ -433,10 +431,10 @@ mod tests {
         // A changed password invalidates the cached credential.
         a.replace(Htpasswd::parse(&hash_line("alice", "new", 4).unwrap(), Path::new("h")).unwrap());
         assert_eq!(
-            a.verify(Some(&basic("alice", "s3cret"))).await.0,
+            verify(&a, Some(&basic("alice", "s3cret"))).await.0,
             Err(Denied::Invalid)
         );
-        assert!(a.verify(Some(&basic("alice", "new"))).await.0.is_ok());
+        assert!(verify(&a, Some(&basic("alice", "new"))).await.0.is_ok());
     }
 
     #[test]
