@@ -8,7 +8,7 @@
 use http::Method;
 use registry_core::digest::Digest;
 use registry_core::name::{RepoName, Tag, UploadId};
-use registry_core::routes::{self, percent_decode, Route};
+use registry_core::routes::{self, decode_query_component, Route};
 
 /// The longest request target (path and query) accepted, in bytes; longer ones get 414.
 pub const MAX_URI_LEN: usize = 8 * 1024;
@@ -162,9 +162,9 @@ fn refuse_reference(r: Refusal, method: &Method) -> Refusal {
     }
 }
 
-/// Decodes one query component: `+` is a space, `%XX` a byte; the result must be UTF-8.
+/// Decodes one query component; a bad escape or a result that is not UTF-8 is refused.
 fn decode_component(s: &str) -> Result<String, Refusal> {
-    percent_decode(&s.replace('+', " "))
+    decode_query_component(s)
         .ok_or_else(|| Refusal::bad_query("malformed percent-encoding in the query"))
 }
 

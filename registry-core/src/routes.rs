@@ -100,13 +100,17 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Decodes one query key or value: `+` is a space, `%XX` a byte. `None` as [`percent_decode`].
+pub fn decode_query_component(s: &str) -> Option<String> {
+    percent_decode(&s.replace('+', " "))
+}
+
 /// The value of query parameter `key`, decoded. Keys are decoded before they are compared, so
 /// `fr%6Fm` is `from`; the first occurrence counts.
 pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
-    let decode = |s: &str| percent_decode(&s.replace('+', " "));
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (decode(k)? == key).then(|| decode(v).unwrap_or_default())
+        (decode_query_component(k)? == key).then(|| decode_query_component(v).unwrap_or_default())
     })
 }
 
