@@ -266,31 +266,23 @@ impl Edge {
     /// right); anything else reserves an attempt with the lockout before bcrypt runs, on its own
     /// bounded pool.
     async fn authenticate(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<String>> {
+        const INVALID: &str = "invalid username or password";
         let header = session
             .req_header()
             .headers
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes().to_vec());
+            .get(http::header::AUTHORIZATION);
+        let parsed = header.map_or(Err(Denied::Missing), |h| parse_basic(h.as_bytes()));
         let ip = ctx.client;
-        let parsed = match header.as_deref() {
-            None => Err(Denied::Missing),
-            Some(h) => parse_basic(h),
-        };
         let (user, password) = match parsed {
             Ok(c) => c,
-            Err(d) => {
-                // A probe without credentials, or a header that is not Basic: not a guess.
-                let (outcome, msg) = match d {
-                    Denied::Malformed => (
-                        "malformed",
-                        "malformed Authorization header: Basic credentials expected",
-                    ),
-                    _ => ("missing", "authentication required"),
-                };
-                metrics::AUTH.with_label_values(&[outcome]).inc();
-                self.respond(session, ctx, 401, "UNAUTHORIZED", msg, true, None)
-                    .await?;
-                return Ok(None);
+            // A probe without credentials, or a header that is not Basic: not a guess.
+            Err(Denied::Malformed) => {
+                let msg = "malformed Authorization header: Basic credentials expected";
+                return self.refuse(session, ctx, "malformed", 401, msg, None).await;
+            }
+            Err(_) => {
+                let msg = "authentication required";
+                return self.refuse(session, ctx, "missing", 401, msg, None).await;
             }
         };
         if let Some(u) = self.auth.cached(&user, &password) {
@@ -298,31 +290,24 @@ impl Edge {
             metrics::AUTH_CACHE.with_label_values(&["hit"]).inc();
             return Ok(Some(u.0));
         }
-        let refuse_invalid = |ctx: &mut Ctx| {
-            metrics::AUTH.with_label_values(&["invalid"]).inc();
-            ctx.status = 401;
-        };
         if user.len() > MAX_USER_LEN {
             // Not looked at, not stored: counted against the address only.
             if let Some(wait) = ip.and_then(|ip| self.lockout.blocked(ip)) {
                 return self.locked_out(session, ctx, wait).await;
             }
             self.lockout.failure_without_check(ip);
-            refuse_invalid(ctx);
-            let msg = "invalid username or password";
-            self.respond(session, ctx, 401, "UNAUTHORIZED", msg, true, None)
-                .await?;
-            return Ok(None);
+            return self
+                .refuse(session, ctx, "invalid", 401, INVALID, None)
+                .await;
         }
         let attempt = match self.lockout.begin(ip, &user) {
             Ok(a) => a,
             Err(Refused::Blocked(wait)) => return self.locked_out(session, ctx, wait).await,
             Err(Refused::Busy(wait)) => {
-                metrics::AUTH.with_label_values(&["busy"]).inc();
                 let msg = "too many logins being checked for this client; retry shortly";
-                self.respond(session, ctx, 429, "TOOMANYREQUESTS", msg, false, Some(wait))
-                    .await?;
-                return Ok(None);
+                return self
+                    .refuse(session, ctx, "busy", 429, msg, Some(wait))
+                    .await;
             }
         };
         if let Some(d) = attempt.user_delay {
@@ -338,20 +323,15 @@ impl Edge {
             }
             Ok(Err(_)) => {
                 attempt.failed();
-                refuse_invalid(ctx);
-                let msg = "invalid username or password";
-                self.respond(session, ctx, 401, "UNAUTHORIZED", msg, true, None)
-                    .await?;
-                Ok(None)
+                self.refuse(session, ctx, "invalid", 401, INVALID, None)
+                    .await
             }
             Err(Busy) => {
+                // Dropped unresolved: not counted as a failure.
                 drop(attempt);
-                metrics::AUTH.with_label_values(&["busy"]).inc();
                 let msg = "too many logins being checked; retry shortly";
                 let wait = Some(Duration::from_secs(1));
-                self.respond(session, ctx, 429, "TOOMANYREQUESTS", msg, false, wait)
-                    .await?;
-                Ok(None)
+                self.refuse(session, ctx, "busy", 429, msg, wait).await
             }
         }
     }
@@ -362,9 +342,29 @@ impl Edge {
         ctx: &mut Ctx,
         wait: Duration,
     ) -> Result<Option<String>> {
-        metrics::AUTH.with_label_values(&["locked_out"]).inc();
         let msg = "too many failed logins; try again later";
-        self.respond(session, ctx, 429, "TOOMANYREQUESTS", msg, false, Some(wait))
+        self.refuse(session, ctx, "locked_out", 429, msg, Some(wait))
+            .await
+    }
+
+    /// Refuses a login: counts `outcome`, answers 401 (with the challenge) or 429 (with
+    /// `Retry-After`), and says there is no user.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        outcome: &str,
+        status: u16,
+        message: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<Option<String>> {
+        metrics::AUTH.with_label_values(&[outcome]).inc();
+        let (code, challenge) = if status == 401 {
+            ("UNAUTHORIZED", true)
+        } else {
+            ("TOOMANYREQUESTS", false)
+        };
+        self.respond(session, ctx, status, code, message, challenge, retry_after)
             .await?;
         Ok(None)
     }
