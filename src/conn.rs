@@ -82,7 +82,8 @@ impl Counts {
     }
 
     /// Open connections from `ip`.
-    pub fn open(&self, ip: IpAddr) -> u32 {
+    #[cfg(test)]
+    fn open(&self, ip: IpAddr) -> u32 {
         let m = self.open.lock().expect("connection counts lock");
         m.get(&ip).copied().unwrap_or(0)
     }

@@ -154,6 +154,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
         }
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.lock().expect("lockout lock").len()
     }
@@ -264,8 +265,9 @@ impl Lockout {
         }
     }
 
-    /// Entries in the address and user tables (for tests and metrics).
-    pub fn sizes(&self) -> (usize, usize) {
+    /// Entries in the address and user tables.
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize) {
         (self.by_ip.len(), self.by_user.len())
     }
 }

@@ -8,13 +8,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use registry_edge::config::{Config, DEFAULT_CONFIG};
+
 /// jemalloc instead of glibc's malloc. glibc kept what bursts of connections had freed in its
 /// per-thread arenas: RSS stayed at ~140 MB after two bursts of 1,000 connections, and fell to
 /// 22 MB when `malloc_trim` was called by hand. jemalloc's background threads (started in
 /// `main`) give freed pages back within seconds, also when the process is idle.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use registry_edge::config::{Config, DEFAULT_CONFIG};
 
 #[derive(Parser)]
 #[command(

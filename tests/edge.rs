@@ -738,10 +738,11 @@ async fn sigterm_on_an_idle_edge_exits_at_once_and_says_so() {
     println!("SIGTERM to exit: {took:?}");
     assert!(took < Duration::from_secs(1), "took {took:?}");
     // The log reader may still be catching up with the exited process.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !edge.log_text().contains("drained") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let edge_ref = &edge;
+    common::eventually(5, "the drain's last log line", async || {
+        edge_ref.log_text().contains("drained")
+    })
+    .await;
     let log = edge.log_text();
     assert!(
         log.contains("draining") && log.contains("in_flight=0"),
