@@ -25,6 +25,7 @@ pub struct FileConfig {
     pub upload_purge_age: Option<String>,
     pub upload_purge_interval: Option<String>,
     pub gc_grace: Option<String>,
+    pub gc_interval: Option<String>,
 }
 
 /// Validated configuration.
@@ -40,6 +41,8 @@ pub struct Config {
     pub upload_purge_age: Duration,
     pub upload_purge_interval: Duration,
     pub gc_grace: Duration,
+    /// Run garbage collection in the serving process this often; `None` (the default): never.
+    pub gc_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             upload_purge_age: DEFAULT_UPLOAD_PURGE_AGE,
             upload_purge_interval: DEFAULT_UPLOAD_PURGE_INTERVAL,
             gc_grace: DEFAULT_GC_GRACE,
+            gc_interval: None,
         }
     }
 }
@@ -155,8 +159,26 @@ impl Config {
         if let Some(v) = f.gc_grace {
             self.gc_grace = duration(origin, "gc_grace", &v)?;
         }
+        if let Some(v) = f.gc_interval {
+            self.gc_interval = parse_gc_interval(&v).map_err(|message| ConfigError::Value {
+                origin: origin.into(),
+                key: "gc_interval",
+                message,
+            })?;
+        }
         Ok(())
     }
+}
+
+/// `gc_interval`: empty or `"0s"` for off, else how often (a collection walks the whole store:
+/// hours, usually).
+pub fn parse_gc_interval(v: &str) -> Result<Option<Duration>, String> {
+    if v.trim().is_empty() {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(v)
+        .map_err(|e| format!("{v:?} is not a duration like \"24h\": {e}"))?;
+    Ok((!d.is_zero()).then_some(d))
 }
 
 #[cfg(test)]

@@ -23,6 +23,41 @@ pub struct Report {
     pub manifests: Vec<(String, Digest)>,
     pub blobs: Vec<Digest>,
     pub bytes: u64,
+    /// Untagged manifests and unreferenced blobs kept only because they are younger than the
+    /// grace period: what a run after it would remove too (a delete just done shows here).
+    pub young_manifests: usize,
+    pub young_blobs: usize,
+    pub grace: Duration,
+}
+
+impl Report {
+    /// What the `gc` commands print: one line per manifest and blob, then a summary that says
+    /// what the grace period kept.
+    pub fn lines(&self, dry_run: bool) -> Vec<String> {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        let mut out = Vec::new();
+        for (repo, d) in &self.manifests {
+            out.push(format!("{verb} manifest {repo}@{d}"));
+        }
+        for d in &self.blobs {
+            out.push(format!("{verb} blob {d}"));
+        }
+        out.push(format!(
+            "{verb} {} manifests and {} blobs ({} bytes)",
+            self.manifests.len(),
+            self.blobs.len(),
+            self.bytes
+        ));
+        if self.young_manifests + self.young_blobs > 0 {
+            out.push(format!(
+                "kept {} untagged manifests and {} unreferenced blobs younger than the grace period ({}): a run after it removes them (or pass --grace 0s when no push is in flight)",
+                self.young_manifests,
+                self.young_blobs,
+                humantime::format_duration(self.grace)
+            ));
+        }
+        out
+    }
 }
 
 struct RepoScan {
@@ -158,7 +193,10 @@ pub async fn collect(
     let started = SystemTime::now();
     let cutoff = started.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut marked = BTreeSet::new();
-    let mut report = Report::default();
+    let mut report = Report {
+        grace,
+        ..Report::default()
+    };
     let mut scans = Vec::new();
     for repo in registry.all_repository_dirs().await? {
         let Ok(name) = repo.parse::<RepoName>() else {
@@ -166,6 +204,11 @@ pub async fn collect(
         };
         let scan = scan_repo(registry, name).await?;
         let live = mark_repo(registry, &scan, cutoff, &mut marked).await;
+        report.young_manifests += scan
+            .revisions
+            .iter()
+            .filter(|(d, t)| !scan.tagged.contains(*d) && **t > cutoff)
+            .count();
         for d in scan.revisions.keys().filter(|d| !live.contains(*d)) {
             report.manifests.push((scan.name.to_string(), d.clone()));
         }
@@ -197,6 +240,8 @@ pub async fn collect(
                 if let Ok(m) = s.stat(&layout::blob_data(&d)).await {
                     if m.modified < cutoff {
                         candidates.push((d, m.size));
+                    } else {
+                        report.young_blobs += 1;
                     }
                 }
             }
@@ -245,4 +290,39 @@ pub async fn collect(
     report.bytes = candidates.iter().map(|(_, n)| n).sum();
     report.blobs = candidates.into_iter().map(|(d, _)| d).collect();
     Ok(report)
+}
+
+/// Runs a collection every `interval` in the serving process (`gc_interval`), reporting each
+/// run to the log and the metrics. A failed run is logged and the next one comes as planned.
+pub fn spawn_scheduler(
+    registry: std::sync::Arc<Registry>,
+    interval: Duration,
+    grace: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let start = std::time::Instant::now();
+            let result = collect(&registry, grace, false).await;
+            let elapsed = start.elapsed();
+            crate::metrics::gc_run(&result, elapsed);
+            match result {
+                Ok(r) => tracing::info!(
+                    manifests = r.manifests.len(),
+                    blobs = r.blobs.len(),
+                    bytes = r.bytes,
+                    kept_young = r.young_manifests + r.young_blobs,
+                    duration_ms = elapsed.as_millis() as u64,
+                    "scheduled garbage collection done"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    duration_ms = elapsed.as_millis() as u64,
+                    "scheduled garbage collection failed; the next runs as planned"
+                ),
+            }
+        }
+    })
 }

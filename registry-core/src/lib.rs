@@ -103,7 +103,8 @@ pub async fn serve_metrics(
 }
 
 /// Runs the registry of `config` until `shutdown`: the API listener, the metrics listener (when
-/// configured) and the upload purger. `ready` is called with the bound API address.
+/// configured), the upload purger and the scheduled garbage collection (`gc_interval`). `ready` is
+/// called with the bound API address.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -124,6 +125,15 @@ pub async fn run(
         None => None,
     };
     let purger = spawn_upload_purger(registry.clone(), &config);
+    let gc = config
+        .gc_interval
+        .map(|every| gc::spawn_scheduler(registry.clone(), every, config.gc_grace));
+    let stop_housekeeping = move || {
+        purger.abort();
+        if let Some(gc) = &gc {
+            gc.abort();
+        }
+    };
     let addr = listener.describe();
     tracing::info!(addr = %addr, root = %config.root.display(), delete = config.delete_enabled, "registry-core listening");
     ready(&addr);
@@ -133,12 +143,12 @@ pub async fn run(
     });
     tokio::pin!(res);
     tokio::select! {
-        r = &mut res => { purger.abort(); return r; }
+        r = &mut res => { stop_housekeeping(); return r; }
         _ = shutdown => {}
     }
     let _ = stop_tx.send(true);
     let r = res.await;
-    purger.abort();
+    stop_housekeeping();
     if let Some(t) = metrics_task {
         let _ = t.await;
     }

@@ -125,19 +125,9 @@ fn main() -> ExitCode {
                 let report = registry_core::gc::collect(&registry, config.gc_grace, dry_run)
                     .await
                     .map_err(std::io::Error::other)?;
-                let verb = if dry_run { "would remove" } else { "removed" };
-                for (repo, d) in &report.manifests {
-                    println!("{verb} manifest {repo}@{d}");
+                for line in report.lines(dry_run) {
+                    println!("{line}");
                 }
-                for d in &report.blobs {
-                    println!("{verb} blob {d}");
-                }
-                println!(
-                    "{verb} {} manifests and {} blobs ({} bytes)",
-                    report.manifests.len(),
-                    report.blobs.len(),
-                    report.bytes
-                );
             }
         }
         Ok::<_, std::io::Error>(())

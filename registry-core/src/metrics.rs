@@ -73,6 +73,61 @@ static STORAGE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static GC_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "regcore_gc_runs_total",
+        "Scheduled garbage collections, by result (ok, failed).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+static GC_FREED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "regcore_gc_freed_bytes_total",
+        "Bytes of blobs removed by scheduled garbage collections."
+    )
+    .expect("metric registers once")
+});
+
+static GC_REMOVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "regcore_gc_removed_total",
+        "Manifests and blobs removed by scheduled garbage collections, by kind.",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+static GC_DURATION: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
+    prometheus::register_gauge!(
+        "regcore_gc_last_duration_seconds",
+        "How long the last scheduled garbage collection took."
+    )
+    .expect("metric registers once")
+});
+
+/// Records one scheduled garbage collection.
+pub fn gc_run(
+    result: &Result<crate::gc::Report, crate::error::RegistryError>,
+    took: std::time::Duration,
+) {
+    GC_DURATION.set(took.as_secs_f64());
+    match result {
+        Ok(r) => {
+            GC_RUNS.with_label_values(&["ok"]).inc();
+            GC_FREED.inc_by(r.bytes);
+            GC_REMOVED
+                .with_label_values(&["manifest"])
+                .inc_by(r.manifests.len() as u64);
+            GC_REMOVED
+                .with_label_values(&["blob"])
+                .inc_by(r.blobs.len() as u64);
+        }
+        Err(_) => GC_RUNS.with_label_values(&["failed"]).inc(),
+    }
+}
+
 /// Registers every metric now, so a scrape shows them before the first request.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -82,6 +137,10 @@ pub fn init() {
     LazyLock::force(&UPLOADS_IN_PROGRESS);
     LazyLock::force(&UPLOAD_OUTCOMES);
     LazyLock::force(&STORAGE_ERRORS);
+    LazyLock::force(&GC_RUNS);
+    LazyLock::force(&GC_FREED);
+    LazyLock::force(&GC_REMOVED);
+    LazyLock::force(&GC_DURATION);
 }
 
 /// A method as a metric label: one of the standard methods, or `other`. A client chooses the
