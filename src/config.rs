@@ -113,6 +113,9 @@ struct ServerSection {
     max_connections_per_address: u32,
     handshake_timeout: String,
     header_timeout: String,
+    trusted_proxies: Vec<String>,
+    proxy_protocol: bool,
+    headers: std::collections::BTreeMap<String, toml::Value>,
 }
 
 impl Default for ServerSection {
@@ -126,6 +129,9 @@ impl Default for ServerSection {
             max_connections_per_address: 256,
             handshake_timeout: "10s".into(),
             header_timeout: "30s".into(),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            headers: Default::default(),
         }
     }
 }
@@ -133,6 +139,7 @@ impl Default for ServerSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct TlsSection {
+    enabled: bool,
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
@@ -143,6 +150,7 @@ struct TlsSection {
 impl Default for TlsSection {
     fn default() -> Self {
         TlsSection {
+            enabled: true,
             cert: "certs/domain.crt".into(),
             key: "certs/domain.key".into(),
             ca: "certs/ca.crt".into(),
@@ -199,6 +207,7 @@ struct StorageSection {
     delete_enabled: bool,
     upload_purge_age: String,
     gc_grace: String,
+    gc_interval: String,
 }
 
 impl Default for StorageSection {
@@ -208,6 +217,7 @@ impl Default for StorageSection {
             delete_enabled: true,
             upload_purge_age: "168h".into(),
             gc_grace: "1h".into(),
+            gc_interval: String::new(),
         }
     }
 }
@@ -257,6 +267,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Connection limits on the HTTPS port.
     pub connections: crate::conn::Limits,
+    /// Proxies whose `X-Forwarded-For` or PROXY protocol header names the client.
+    pub trusted: crate::client::Trusted,
+    /// Headers added to every answer (registry:2's `http.headers`).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// TLS on the listener; off only behind another TLS terminator.
+    pub tls: bool,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
@@ -282,6 +298,8 @@ pub struct Config {
     /// `REGISTRY_*` (registry:2) settings in the environment that the edge does not honour and
     /// that change nothing it guards; named in a warning at start.
     pub ignored_env: Vec<String>,
+    /// The file this was loaded from, and whether it could be absent: reloads read it again.
+    pub source: (PathBuf, bool),
 }
 
 /// A configuration error, naming the key and where the value came from.
@@ -302,6 +320,81 @@ pub enum ConfigError {
         message: String,
     },
 }
+
+/// Headers an operator may not set on every answer: they frame the message, or carry what
+/// the registry protocol says per answer.
+const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "content-range",
+    "content-type",
+    "docker-content-digest",
+    "docker-distribution-api-version",
+    "docker-upload-uuid",
+    "keep-alive",
+    "location",
+    "oci-subject",
+    "range",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "www-authenticate",
+];
+
+/// One `[server.headers]` entry: a name with a value, or with a list of values (registry:2
+/// writes `X-Content-Type-Options: [nosniff]`).
+fn response_header(
+    name: &str,
+    value: &toml::Value,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, String> {
+    let n = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a header name"))?;
+    if RESERVED_HEADERS.contains(&n.as_str()) {
+        return Err(format!("{name:?} is set by the registry itself"));
+    }
+    let values: Vec<&toml::Value> = match value {
+        toml::Value::Array(a) => a.iter().collect(),
+        v => vec![v],
+    };
+    let mut out = Vec::new();
+    for v in values {
+        let text = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            _ => return Err(format!("{name}: values are strings")),
+        };
+        let v = http::HeaderValue::from_str(&text)
+            .map_err(|_| format!("{name}: {text:?} is not a header value"))?;
+        out.push((n.clone(), v));
+    }
+    Ok(out)
+}
+
+/// `[a, b]` (registry:2's YAML list form, as its environment takes it) as a TOML array of
+/// strings; anything else as one string.
+fn yaml_list(raw: &str) -> toml::Value {
+    match raw
+        .trim()
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+    {
+        Some(inner) => toml::Value::Array(
+            inner
+                .split(',')
+                .map(|p| p.trim().trim_matches('"').trim_matches('\''))
+                .filter(|p| !p.is_empty())
+                .map(|p| toml::Value::String(p.to_owned()))
+                .collect(),
+        ),
+        None => toml::Value::String(raw.to_owned()),
+    }
+}
+
+/// registry:2's per-header variables.
+const REGISTRY_HEADERS: &str = "REGISTRY_HTTP_HEADERS_";
+
+/// Keys whose environment value may be a comma-separated list.
+const LIST_KEYS: &[(&str, &str)] = &[("tls", "hosts"), ("upstream", "urls")];
 
 /// Parses an environment value as a TOML value (`true`, `3`, `["a"]`), else takes it as a string.
 fn env_value(raw: &str) -> toml::Value {
@@ -340,7 +433,10 @@ impl Config {
         let mut honoured: Vec<&str> = REGISTRY_COMPAT.iter().map(|(n, _, _)| *n).collect();
         honoured.push("REGISTRY_AUTH");
         let mut ignored_env = Vec::new();
-        let pairs = env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let pairs = env
+            .iter()
+            .filter(|(k, _)| !k.starts_with(REGISTRY_HEADERS))
+            .map(|(k, v)| (k.as_str(), v.as_str()));
         for u in registry_core::config::check_registry_env(pairs, &honoured) {
             match u {
                 registry_core::config::Unsupported::Refused { name, why } => {
@@ -352,6 +448,25 @@ impl Config {
                 }
                 registry_core::config::Unsupported::Ignored { name } => ignored_env.push(name),
             }
+        }
+        // registry:2's `http.headers`, one variable per header:
+        // `REGISTRY_HTTP_HEADERS_X-CONTENT-TYPE-OPTIONS=[nosniff]`.
+        for (name, raw) in &env {
+            let Some(header) = name.strip_prefix(REGISTRY_HEADERS) else {
+                continue;
+            };
+            if let toml::Value::Table(server) = table
+                .entry("server")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                if let toml::Value::Table(h) = server
+                    .entry("headers")
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                {
+                    h.insert(header.to_owned(), yaml_list(raw));
+                }
+            }
+            overridden.push(name.clone());
         }
         for (name, section, key) in REGISTRY_COMPAT {
             let edge_name = format!("{ENV_PREFIX}{}_{}", section, key).to_ascii_uppercase();
@@ -395,8 +510,22 @@ impl Config {
             let entry = table
                 .entry(section)
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let mut value = env_value(&raw);
+            // Lists also come comma-separated (`REGISTRY_EDGE_TLS_HOSTS=a.example,10.0.0.5`),
+            // the form compose files and shells pass most easily.
+            if LIST_KEYS.contains(&(section, key)) {
+                if let toml::Value::String(s) = &value {
+                    value = toml::Value::Array(
+                        s.split(',')
+                            .map(str::trim)
+                            .filter(|p| !p.is_empty())
+                            .map(|p| toml::Value::String(p.to_owned()))
+                            .collect(),
+                    );
+                }
+            }
             if let toml::Value::Table(t) = entry {
-                t.insert(key.to_owned(), env_value(&raw));
+                t.insert(key.to_owned(), value);
             }
             overridden.push(name);
         }
@@ -420,6 +549,7 @@ impl Config {
         })?;
         let mut config = Self::validate(file, &origin)?;
         config.ignored_env = ignored_env;
+        config.source = (path.to_owned(), optional);
         Ok(config)
     }
 
@@ -512,6 +642,21 @@ impl Config {
                 ))
             }
         };
+        let mut nets = Vec::new();
+        for p in &f.server.trusted_proxies {
+            nets.push(p.parse().map_err(|m| bad("server.trusted_proxies", m))?);
+        }
+        if f.server.proxy_protocol && nets.is_empty() {
+            return Err(bad(
+                "server.proxy_protocol",
+                "needs server.trusted_proxies: the addresses of the proxies that send it".into(),
+            ));
+        }
+        let trusted = crate::client::Trusted::new(nets, f.server.proxy_protocol);
+        let mut headers = Vec::new();
+        for (name, value) in &f.server.headers {
+            headers.extend(response_header(name, value).map_err(|m| bad("server.headers", m))?);
+        }
         let connections = crate::conn::Limits {
             per_address: f.server.max_connections_per_address,
             handshake_timeout: duration("server.handshake_timeout", &f.server.handshake_timeout)?,
@@ -534,6 +679,8 @@ impl Config {
             core.upload_purge_age =
                 duration("storage.upload_purge_age", &f.storage.upload_purge_age)?;
             core.gc_grace = duration("storage.gc_grace", &f.storage.gc_grace)?;
+            core.gc_interval = registry_core::config::parse_gc_interval(&f.storage.gc_interval)
+                .map_err(|m| bad("storage.gc_interval", m))?;
             // Served in-process by the proxy: the core listens nowhere.
             core.listen = String::new();
             core.metrics_listen = None;
@@ -552,6 +699,9 @@ impl Config {
             idle_timeout: duration("server.idle_timeout", &f.server.idle_timeout)?,
             drain_timeout: duration("server.drain_timeout", &f.server.drain_timeout)?,
             connections,
+            trusted,
+            headers,
+            tls: f.tls.enabled,
             cert: f.tls.cert,
             key: f.tls.key,
             ca: f.tls.ca,
@@ -570,6 +720,7 @@ impl Config {
             lockout,
             log_json,
             ignored_env: Vec::new(),
+            source: (PathBuf::new(), true),
         })
     }
 }
@@ -674,6 +825,48 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_headers_and_tls_off() {
+        let c = load(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nproxy_protocol = true\n[server.headers]\nStrict-Transport-Security = \"max-age=60\"\n[tls]\nenabled = false\n",
+            &[
+                ("REGISTRY_HTTP_HEADERS_X-CONTENT-TYPE-OPTIONS", "[nosniff]"),
+                ("REGISTRY_EDGE_TLS_HOSTS", "a.example, 10.0.0.5"),
+            ],
+        )
+        .unwrap();
+        assert!(c.trusted.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.trusted.proxy_protocol);
+        assert!(!c.tls);
+        assert_eq!(c.hosts, vec!["a.example", "10.0.0.5"]);
+        let h: Vec<(String, String)> = c
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        assert!(h.contains(&("strict-transport-security".into(), "max-age=60".into())));
+        assert!(h.contains(&("x-content-type-options".into(), "nosniff".into())));
+        for (text, key) in [
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/40\"]\n",
+                "server.trusted_proxies",
+            ),
+            ("[server]\nproxy_protocol = true\n", "server.proxy_protocol"),
+            (
+                "[server.headers]\nContent-Type = \"text/html\"\n",
+                "server.headers",
+            ),
+            ("[server.headers]\n\"Bad Name\" = \"x\"\n", "server.headers"),
+            (
+                "[server.headers]\nX-A = \"line\\nbreak\"\n",
+                "server.headers",
+            ),
+        ] {
+            let e = load(text, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn registry_2_environment_names() {
         let c = load(
             "",
@@ -773,10 +966,13 @@ mod shipped_config {
     #[test]
     fn proxy_toml_matches_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
-        let shipped = Config::load(&path, false, std::iter::empty()).unwrap();
+        let mut shipped = Config::load(&path, false, std::iter::empty()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let defaults =
+        let mut defaults =
             Config::load(&dir.path().join("absent.toml"), true, std::iter::empty()).unwrap();
+        // Where each came from is the one difference allowed.
+        shipped.source = Default::default();
+        defaults.source = Default::default();
         assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
     }
 }

@@ -1,6 +1,7 @@
-//! Client connections on the HTTPS port, before and around HTTP: the per-address connection
-//! cap, the TLS handshake (with a deadline, and a readable 400 for plain HTTP), and the deadline
-//! on each request's header block.
+//! Client connections on the HTTPS port, before and around HTTP: the PROXY protocol header of
+//! a trusted proxy (see [`crate::client`]), the per-address connection cap, the TLS handshake
+//! (with a deadline, and a readable 400 for plain HTTP; skipped when `[tls] enabled = false`),
+//! and the deadline on each request's header block.
 //!
 //! pingora's own TLS listener allows 60 s for a handshake and times header reads per read, so a
 //! client trickling a byte every few seconds keeps a connection forever, and nothing limits how
@@ -365,14 +366,16 @@ const PLAIN_HTTP_ANSWER: &str = "Client sent an HTTP request to an HTTPS server.
 /// application `A` (the proxy) on the guarded stream.
 pub struct Guard<A> {
     pub app: Arc<A>,
-    pub acceptor: Acceptor,
+    /// `None`: plain HTTP (`[tls] enabled = false`, behind another TLS terminator).
+    pub acceptor: Option<Acceptor>,
     pub limits: Limits,
     pub counts: Arc<Counts>,
+    pub trusted: Arc<crate::client::Trusted>,
 }
 
 impl<A> Guard<A> {
     /// The TLS stream of a new connection, or `None` when it was refused or failed.
-    async fn handshake(&self, mut stream: Stream) -> Option<Stream> {
+    async fn handshake(&self, acceptor: &Acceptor, mut stream: Stream) -> Option<Stream> {
         let mut first = [0u8; 1];
         match stream.try_peek(&mut first).await {
             Ok(true) if first[0] != 0x16 && first[0].is_ascii_alphabetic() => {
@@ -397,7 +400,7 @@ impl<A> Guard<A> {
                 return None;
             }
         }
-        match self.acceptor.tls_handshake(Guarded::raw(stream)).await {
+        match acceptor.tls_handshake(Guarded::raw(stream)).await {
             Ok(tls) => Some(Box::new(tls)),
             Err(e) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
@@ -410,6 +413,78 @@ impl<A> Guard<A> {
     }
 }
 
+/// Makes `client` the address the HTTP layer (and so the lockout and the logs) sees for this
+/// connection.
+fn set_client(stream: &mut Stream, client: std::net::SocketAddr) {
+    let local = stream
+        .get_socket_digest()
+        .and_then(|d| d.local_addr().cloned());
+    // A digest with no descriptor: the edge reads only its addresses, and socket queries (TCP
+    // info) on it fail harmlessly.
+    let digest = SocketDigest::from_raw_fd(-1);
+    let _ = digest
+        .peer_addr
+        .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(
+            client,
+        )));
+    let _ = digest.local_addr.set(local);
+    stream.set_socket_digest(digest);
+}
+
+impl<A> Guard<A> {
+    /// Everything between accepting a connection and its first request: the PROXY protocol
+    /// header of a trusted proxy, the per-address cap (`counted`: already applied to an
+    /// untrusted peer), the TLS handshake.
+    async fn open(
+        &self,
+        mut stream: Stream,
+        peer: Option<IpAddr>,
+        counted: Option<Permit>,
+    ) -> Option<(Stream, Permit)> {
+        let permit = match counted {
+            Some(p) => p,
+            None => {
+                // A proxy's connections carry many clients: they are counted per client when
+                // the PROXY protocol names it, and not capped otherwise.
+                let mut client = None;
+                if self.trusted.proxy_protocol {
+                    match crate::client::read_proxy_header(&mut stream).await {
+                        Ok(Some(addr)) => {
+                            set_client(&mut stream, addr);
+                            client = Some(addr.ip());
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            metrics::CONNECTIONS_REFUSED
+                                .with_label_values(&["proxy_protocol"])
+                                .inc();
+                            tracing::debug!(proxy = ?peer, error = %e, "connection from a trusted proxy dropped");
+                            return None;
+                        }
+                    }
+                }
+                self.admit(client)?
+            }
+        };
+        let stream = match &self.acceptor {
+            Some(acceptor) => self.handshake(acceptor, stream).await?,
+            None => stream,
+        };
+        Some((stream, permit))
+    }
+
+    fn admit(&self, client: Option<IpAddr>) -> Option<Permit> {
+        let permit = self.counts.admit(client, self.limits.per_address);
+        if permit.is_none() {
+            metrics::CONNECTIONS_REFUSED
+                .with_label_values(&["per_address"])
+                .inc();
+            tracing::debug!(client = ?client, "connection refused: the address has too many open");
+        }
+        permit
+    }
+}
+
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
     async fn process_new(
@@ -417,7 +492,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let ip = stream
+        let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         if DRAINING.load(Ordering::Relaxed) {
@@ -426,30 +501,28 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
                 .inc();
             return None;
         }
-        let Some(permit) = self.counts.admit(ip, self.limits.per_address) else {
-            metrics::CONNECTIONS_REFUSED
-                .with_label_values(&["per_address"])
-                .inc();
-            tracing::debug!(client = ?ip, "connection refused: the address has too many open");
-            return None;
+        // An untrusted client is counted before anything is read from it.
+        let counted = match peer {
+            Some(p) if self.trusted.contains(p) => None,
+            _ => Some(self.admit(peer)?),
         };
-        let tls = match tokio::time::timeout(self.limits.handshake_timeout, self.handshake(stream))
-            .await
-        {
-            Ok(Some(tls)) => tls,
-            Ok(None) => return None,
-            Err(_) => {
-                metrics::CONNECTIONS_REFUSED
-                    .with_label_values(&["handshake_timeout"])
-                    .inc();
-                tracing::debug!(client = ?ip, "TLS handshake not complete in time");
-                return None;
-            }
-        };
+        let opened = self.open(stream, peer, counted);
+        let (stream, permit) =
+            match tokio::time::timeout(self.limits.handshake_timeout, opened).await {
+                Ok(Some(opened)) => opened,
+                Ok(None) => return None,
+                Err(_) => {
+                    metrics::CONNECTIONS_REFUSED
+                        .with_label_values(&["handshake_timeout"])
+                        .inc();
+                    tracing::debug!(client = ?peer, "TLS handshake not complete in time");
+                    return None;
+                }
+            };
         // HTTP/2 frames its own requests; the header deadline is for HTTP/1's.
         let limit =
-            (tls.selected_alpn_proto() != Some(ALPN::H2)).then_some(self.limits.header_timeout);
-        let mut stream: Stream = Box::new(Guarded::new(tls, limit, permit));
+            (stream.selected_alpn_proto() != Some(ALPN::H2)).then_some(self.limits.header_timeout);
+        let mut stream: Stream = Box::new(Guarded::new(stream, limit, permit));
         // Every request on this connection is served here (the permit lives as long as it).
         loop {
             stream = self.app.process_new(stream, shutdown).await?;

@@ -5,7 +5,9 @@
 //!
 //! - [`config`]: `proxy.toml` + `REGISTRY_EDGE_*` overrides into a validated [`config::Config`].
 //! - [`tls`]: certificate loading and validation, the swappable certificate resolver, and the
-//!   self-signed certificate (with its `ca.crt`) generated for the one-command start.
+//!   certificate of the one-command start, signed by a CA of the edge's own (`ca.crt`, kept with
+//!   its key so that renewed certificates stay trusted).
+//! - [`client`]: who the client is behind trusted proxies (`X-Forwarded-For`, PROXY protocol).
 //! - [`conn`]: client connections before HTTP: the per-address cap, the TLS handshake under a
 //!   deadline (a readable 400 for plain HTTP), and the deadline on each request's header block.
 //! - [`auth`]: htpasswd (bcrypt) parsing, first-user creation, the cached verifier and the
@@ -19,6 +21,8 @@
 //!   the embedded registry-core's handler called in-process, or upstream choice and forwarding
 //!   headers for upstream URLs; the filtered catalog, the API-version header, and the JSON error
 //!   answers.
+//! - [`reload`]: the certificate and htpasswd files reloaded on change and on SIGHUP, and the
+//!   certificate's upkeep (re-issued for new names, renewed before it expires).
 //! - [`metrics`]: `regedge_*` Prometheus metrics, served with the core's `regcore_*` ones.
 //! - [`run`] (here): checks every file first, then starts pingora with the TLS listener, the
 //!   embedded registry-core's housekeeping (its requests are answered in-process by [`proxy`],
@@ -27,11 +31,13 @@
 
 pub mod access;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod lockout;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod request;
 pub mod tls;
 
@@ -76,27 +82,41 @@ pub enum StartError {
 
 /// What `prepare` made ready: the certificate and the users.
 pub struct Prepared {
-    pub certs: Arc<CertStore>,
+    /// `None` when TLS is off (`[tls] enabled = false`).
+    pub certs: Option<Arc<CertStore>>,
     pub auth: Arc<Authenticator>,
 }
 
-/// Loads (or, for the one-command start, creates) the certificate and the htpasswd file.
-pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
-    let (cert_exists, key_exists) = (config.cert.exists(), config.key.exists());
-    if !cert_exists && !key_exists && config.self_signed {
-        let g = tls::generate_self_signed(&config.cert, &config.key, &config.ca, &config.hosts)?;
-        tracing::warn!(
-            cert = %g.cert.display(),
-            ca = %g.ca.display(),
-            names = %g.names.join(","),
-            "generated a self-signed certificate; clients must trust {}: copy it to /etc/docker/certs.d/<host:port>/ca.crt (Docker) or /etc/containers/certs.d/<host:port>/ca.crt (podman, skopeo)",
-            g.ca.display()
-        );
+/// The certificate files of `config`.
+pub fn cert_files(config: &Config) -> tls::self_signed::Files {
+    tls::self_signed::Files {
+        cert: config.cert.clone(),
+        key: config.key.clone(),
+        ca: config.ca.clone(),
     }
-    let certs = Arc::new(CertStore::new(tls::load_certified_key(
-        &config.cert,
-        &config.key,
-    )?));
+}
+
+/// The names the certificate should cover for `config`.
+pub fn wanted_names(config: &Config) -> tls::self_signed::Wanted {
+    tls::self_signed::Wanted::for_listener(&config.hosts, &config.listen)
+}
+
+/// Loads the certificate (making it for the one-command start, or re-issuing our own when it no
+/// longer covers the configured names) and the htpasswd file (creating it with a first user).
+pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    let certs = if config.tls {
+        tls::upkeep(
+            &cert_files(config),
+            &wanted_names(config),
+            config.self_signed,
+        )?;
+        Some(Arc::new(CertStore::new(tls::load_certified_key(
+            &config.cert,
+            &config.key,
+        )?)))
+    } else {
+        None
+    };
     if !config.htpasswd.exists() {
         if let Some(user) = &config.first_user {
             let password = auth::create_first_user(&config.htpasswd, user, config.bcrypt_cost)?;
@@ -118,7 +138,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     })
 }
 
-/// The embedded registry-core's housekeeping: purging stale uploads. (Its requests are served
+/// The embedded registry-core's housekeeping: purging stale uploads, and the scheduled garbage
+/// collection when `[storage] gc_interval` is set. (Its requests are served
 /// in-process by the proxy, see `proxy::Edge::serve_embedded`.)
 struct CoreService {
     config: registry_core::Config,
@@ -129,8 +150,15 @@ struct CoreService {
 impl BackgroundService for CoreService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let purger = registry_core::spawn_upload_purger(self.registry.clone(), &self.config);
+        let gc = self.config.gc_interval.map(|every| {
+            tracing::info!(every = %humantime::format_duration(every), grace = %humantime::format_duration(self.config.gc_grace), "scheduled garbage collection on");
+            registry_core::gc::spawn_scheduler(self.registry.clone(), every, self.config.gc_grace)
+        });
         let _ = shutdown.changed().await;
         purger.abort();
+        if let Some(gc) = gc {
+            gc.abort();
+        }
     }
 }
 
@@ -156,100 +184,6 @@ impl BackgroundService for MetricsService {
             let _ = shutdown.changed().await;
         })
         .await;
-    }
-}
-
-/// How often the certificate and htpasswd files are checked for changes.
-const RELOAD_POLL: Duration = Duration::from_secs(2);
-
-/// What identifies a file's content without reading it: size, mtime, inode.
-fn fingerprint(p: &std::path::Path) -> Option<(u64, std::time::SystemTime, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.len(), m.modified().ok()?, m.ino()))
-}
-
-/// Reloads the certificate and the htpasswd file when they change, and on SIGHUP. A file that
-/// does not load is refused with an error log and the one in use is kept.
-struct Reloader {
-    cert: PathBuf,
-    key: PathBuf,
-    htpasswd: PathBuf,
-    certs: Arc<CertStore>,
-    auth: Arc<Authenticator>,
-}
-
-impl Reloader {
-    fn reload_certificate(&self) {
-        match tls::load_certified_key(&self.cert, &self.key) {
-            Ok(k) => {
-                self.certs.replace(k);
-                metrics::RELOADS
-                    .with_label_values(&["certificate", "ok"])
-                    .inc();
-                tracing::info!(cert = %self.cert.display(), "certificate reloaded");
-            }
-            Err(e) => {
-                metrics::RELOADS
-                    .with_label_values(&["certificate", "failed"])
-                    .inc();
-                tracing::error!(error = %e, "new certificate refused; keeping the one in use");
-            }
-        }
-    }
-
-    fn reload_htpasswd(&self) {
-        match Htpasswd::load(&self.htpasswd) {
-            Ok(users) => {
-                metrics::HTPASSWD_USERS.set(users.len() as i64);
-                self.auth.replace(users);
-                metrics::RELOADS
-                    .with_label_values(&["htpasswd", "ok"])
-                    .inc();
-                tracing::info!(file = %self.htpasswd.display(), "htpasswd reloaded");
-            }
-            Err(e) => {
-                metrics::RELOADS
-                    .with_label_values(&["htpasswd", "failed"])
-                    .inc();
-                tracing::error!(error = %e, "new htpasswd refused; keeping the users in use");
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for Reloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "no SIGHUP handler; reloading on file changes only");
-                None
-            }
-        };
-        let certs_fp = || (fingerprint(&self.cert), fingerprint(&self.key));
-        let (mut certs, mut users) = (certs_fp(), fingerprint(&self.htpasswd));
-        loop {
-            let forced = tokio::select! {
-                _ = tokio::time::sleep(RELOAD_POLL) => false,
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    tracing::info!("SIGHUP: reloading the certificate and the htpasswd file");
-                    true
-                }
-                _ = shutdown.changed() => return,
-            };
-            let (c, u) = (certs_fp(), fingerprint(&self.htpasswd));
-            if forced || c != certs {
-                certs = c;
-                self.reload_certificate();
-            }
-            if forced || u != users {
-                users = u;
-                self.reload_htpasswd();
-            }
-        }
     }
 }
 
@@ -388,6 +322,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
             upstream_read: config.read_timeout,
             upstream_write: config.write_timeout,
         },
+        trusted: Arc::new(config.trusted.clone()),
+        headers: config.headers.clone(),
+        tls: config.tls,
     };
     let conf = server.configuration.clone();
     let mut proxy = pingora::proxy::http_proxy(&conf, edge);
@@ -398,32 +335,47 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
         .initial_connection_window_size(16 * 1024 * 1024)
         .max_frame_size(1024 * 1024);
     proxy.h2_options = Some(h2);
-    let mut tls_settings = TlsSettings::with_callbacks(Box::new(tls::HandshakeMetrics))
-        .expect("TlsSettings::with_callbacks only stores the callbacks");
-    tls_settings.set_cert_resolver(prepared.certs.clone());
-    if config.http2 {
-        tls_settings.enable_h2();
-    }
-    // The HTTPS port is a TCP listener whose connections `conn::Guard` counts, hands through
+    let acceptor = match &prepared.certs {
+        Some(certs) => {
+            let mut tls_settings = TlsSettings::with_callbacks(Box::new(tls::HandshakeMetrics))
+                .expect("TlsSettings::with_callbacks only stores the callbacks");
+            tls_settings.set_cert_resolver(certs.clone());
+            if config.http2 {
+                tls_settings.enable_h2();
+            }
+            Some(tls_settings.build())
+        }
+        None => {
+            let loopback = config
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback());
+            if loopback {
+                tracing::warn!("TLS is off ([tls] enabled = false): plain HTTP on loopback");
+            } else {
+                tracing::warn!(
+                    listen = %config.listen,
+                    "TLS IS OFF ([tls] enabled = false) on a listener other machines can reach: passwords and images cross the network in the clear unless a TLS terminator in front of this edge is the only way in"
+                );
+            }
+            None
+        }
+    };
+    // The client port is a TCP listener whose connections `conn::Guard` counts, hands through
     // the TLS handshake under a deadline, and passes to the proxy.
     let guard = conn::Guard {
         app: Arc::new(proxy),
-        acceptor: tls_settings.build(),
+        acceptor,
         limits: config.connections,
         counts: Arc::new(conn::Counts::default()),
+        trusted: Arc::new(config.trusted.clone()),
     };
     let mut service = Service::new("registry-edge".to_owned(), guard);
     service.add_tcp(&config.listen);
     let proxy_handle = server.add_service(service);
     server.add_service(background_service(
         "reloader",
-        Reloader {
-            cert: config.cert.clone(),
-            key: config.key.clone(),
-            htpasswd: config.htpasswd.clone(),
-            certs: prepared.certs.clone(),
-            auth: prepared.auth.clone(),
-        },
+        reload::Reloader::new(&config, prepared.certs.clone(), prepared.auth.clone()),
     ));
     let ready = server.add_service(background_service("ready", ReadyLog(config.listen.clone())));
     ready.add_dependency(&proxy_handle);
@@ -442,8 +394,11 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
     tracing::info!(
         listen = %config.listen,
         upstream = %upstream,
+        tls = config.tls,
         users = metrics::HTPASSWD_USERS.get(),
         access_rules = config.access.count(),
+        trusted_proxies = config.trusted.len(),
+        proxy_protocol = config.trusted.proxy_protocol,
         "registry-edge starting"
     );
     server.run(args);

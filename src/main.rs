@@ -1,5 +1,5 @@
 //! The `registry-edge` binary: `run` (the default) serves; `passwd`, `cert` and `check` manage the
-//! files it uses. A bad config exits 64 with the key named; an unusable file exits 70.
+//! files it uses; `gc` collects the embedded registry's garbage. A bad config exits 64 with the key named; an unusable file exits 70.
 
 use std::io::{BufRead, Write};
 use std::net::IpAddr;
@@ -48,7 +48,8 @@ enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
-    /// Write a certificate signed by a one-off CA, its key, and the CA certificate (ca.crt).
+    /// Write a server certificate and its key, signed by the edge's CA (ca.crt, whose key
+    /// ca.key is kept beside it; made when absent), so clients that trust ca.crt trust it.
     Cert {
         /// A DNS name the certificate is for (repeatable).
         #[arg(long)]
@@ -60,12 +61,26 @@ enum Command {
         /// of the config).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Replace existing files.
+        /// Replace an existing certificate (the CA stays).
         #[arg(long)]
         force: bool,
+        /// Make a new CA too: every client must then be given the new ca.crt.
+        #[arg(long)]
+        new_ca: bool,
     },
     /// Check the config and the files it names, and say what is wrong.
     Check,
+    /// Garbage-collect the embedded registry's storage ([storage] root): remove untagged,
+    /// unreferenced manifests and the blobs nothing references. Safe while the edge serves:
+    /// nothing younger than the grace period is touched.
+    Gc {
+        /// Say what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep what is younger than this (default: storage.gc_grace), e.g. "1h", "0s".
+        #[arg(long)]
+        grace: Option<String>,
+    },
 }
 
 fn init_logging(json: bool) {
@@ -130,15 +145,53 @@ fn main() -> ExitCode {
             ip,
             out,
             force,
+            new_ca,
         } => {
-            let (cert, key, ca) = match out {
-                Some(d) => (d.join("domain.crt"), d.join("domain.key"), d.join("ca.crt")),
-                None => (config.cert.clone(), config.key.clone(), config.ca.clone()),
+            let files = match out {
+                Some(d) => registry_edge::tls::self_signed::Files {
+                    cert: d.join("domain.crt"),
+                    key: d.join("domain.key"),
+                    ca: d.join("ca.crt"),
+                },
+                None => registry_edge::cert_files(&config),
             };
-            exit(write_cert(&cert, &key, &ca, dns, ip, force))
+            let mut hosts = config.hosts.clone();
+            hosts.extend(dns);
+            hosts.extend(ip.iter().map(|i| i.to_string()));
+            let wanted =
+                registry_edge::tls::self_signed::Wanted::for_listener(&hosts, &config.listen);
+            exit(write_cert(&files, &wanted, force, new_ca))
         }
         Command::Check => check(&path, &config),
+        Command::Gc { dry_run, grace } => exit(gc(&config, dry_run, grace.as_deref())),
     }
+}
+
+/// `registry-edge gc`: registry-core's collection, on the embedded registry's storage.
+fn gc(config: &Config, dry_run: bool, grace: Option<&str>) -> Result<(), String> {
+    let registry_edge::config::Upstream::Embedded(core) = &config.upstream else {
+        return Err("gc works on the embedded registry's storage, and [upstream] urls are set: run `registry-core gc` (or the upstream registry's own garbage collector) where its storage is".into());
+    };
+    let grace = match grace {
+        Some(g) => humantime::parse_duration(g)
+            .map_err(|e| format!("--grace {g:?} is not a duration like \"1h\": {e}"))?,
+        None => core.gc_grace,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async {
+        let registry = registry_core::open(core)
+            .map_err(|e| format!("cannot open storage at {}: {e}", core.root.display()))?;
+        let report = registry_core::gc::collect(&registry, grace, dry_run)
+            .await
+            .map_err(|e| e.to_string())?;
+        for line in report.lines(dry_run) {
+            println!("{line}");
+        }
+        Ok(())
+    })
 }
 
 fn exit(r: Result<(), String>) -> ExitCode {
@@ -243,41 +296,87 @@ fn write_atomically(file: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 fn write_cert(
-    cert: &Path,
-    key: &Path,
-    ca: &Path,
-    dns: Vec<String>,
-    ip: Vec<IpAddr>,
+    files: &registry_edge::tls::self_signed::Files,
+    wanted: &registry_edge::tls::self_signed::Wanted,
     force: bool,
+    new_ca: bool,
 ) -> Result<(), String> {
+    use registry_edge::tls::self_signed::{issue, Outcome};
     if !force {
-        for p in [cert, key, ca] {
+        for p in [&files.cert, &files.key] {
             if p.exists() {
                 return Err(format!(
-                    "{} exists; pass --force to replace it",
+                    "{} exists; pass --force to replace it (the CA stays)",
                     p.display()
                 ));
             }
         }
     }
-    let mut hosts = dns;
-    hosts.extend(ip.iter().map(|i| i.to_string()));
-    let g = registry_edge::tls::generate_self_signed(cert, key, ca, &hosts)
-        .map_err(|e| e.to_string())?;
-    println!("certificate: {}", g.cert.display());
-    println!("key:         {}", g.key.display());
+    let Outcome::Issued { names, new_ca, .. } =
+        issue(files, wanted, new_ca, std::time::SystemTime::now()).map_err(|e| e.to_string())?
+    else {
+        unreachable!("issue always issues");
+    };
+    println!("certificate: {}", files.cert.display());
+    println!("key:         {}", files.key.display());
     println!(
-        "CA:          {}  (copy to /etc/docker/certs.d/<host:port>/ca.crt)",
-        g.ca.display()
+        "CA:          {}  ({}; copy to /etc/docker/certs.d/<host:port>/ca.crt)",
+        files.ca.display(),
+        if new_ca {
+            "new: give it to every client"
+        } else {
+            "unchanged: clients that trust it need nothing"
+        }
     );
-    println!("names:       {}", g.names.join(", "));
+    println!("CA key:      {}", files.ca_key().display());
+    println!("names:       {}", names.join(", "));
     Ok(())
+}
+
+/// What `check` says of the certificate's names: a certificate of ours that misses some is
+/// re-issued at start; a user's that misses configured names is a problem.
+fn cert_coverage(config: &Config, problems: &mut Vec<String>, notes: &mut Vec<String>) {
+    use registry_edge::tls::self_signed::{inspect, Files};
+    let Ok(leaf) = inspect(&config.cert) else {
+        return;
+    };
+    let wanted = registry_edge::wanted_names(config);
+    let files: Files = registry_edge::cert_files(config);
+    let ours = leaf.from_edge_ca && files.ca_key().exists();
+    if ours && config.self_signed {
+        let missing = leaf.uncovered(&wanted.all());
+        if !missing.is_empty() {
+            notes.push(format!(
+                "{}: will be re-issued at start under the same CA, to cover {}",
+                config.cert.display(),
+                missing.join(", ")
+            ));
+        }
+        return;
+    }
+    let missing = leaf.uncovered(&wanted.configured);
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{}: does not cover the configured name(s) {}; clients using them will refuse it{}",
+            config.cert.display(),
+            missing.join(", "),
+            if leaf.from_edge_ca {
+                " (it was made by an older registry-edge that did not keep its CA key: `registry-edge cert --force` makes a new CA)"
+            } else {
+                ""
+            }
+        ));
+    }
 }
 
 fn check(path: &Path, config: &Config) -> ExitCode {
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     match (config.cert.exists(), config.key.exists()) {
+        _ if !config.tls => notes.push(
+            "TLS is off ([tls] enabled = false): plain HTTP, for use behind a TLS terminator"
+                .to_owned(),
+        ),
         (false, false) if config.self_signed => notes.push(format!(
             "{} and {} do not exist: a self-signed certificate will be generated at start",
             config.cert.display(),
@@ -285,6 +384,7 @@ fn check(path: &Path, config: &Config) -> ExitCode {
         )),
         _ => match registry_edge::tls::load_certified_key(&config.cert, &config.key) {
             Ok(k) => {
+                cert_coverage(config, &mut problems, &mut notes);
                 if let Some(t) = registry_edge::tls::expiry(&k) {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)

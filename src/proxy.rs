@@ -92,6 +92,12 @@ pub struct Edge {
     pub lockout: Lockout,
     /// For the edge's own requests to upstreams (reading the catalog to filter it).
     pub catalog_connector: pingora::connectors::http::Connector,
+    /// Proxies believed about the client's address.
+    pub trusted: Arc<crate::client::Trusted>,
+    /// Headers added to every answer (`[server.headers]`).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Whether clients reach the edge over TLS (`[tls] enabled`).
+    pub tls: bool,
 }
 
 /// Per-request state.
@@ -107,6 +113,9 @@ pub struct Ctx {
     counted: bool,
     /// The client's address.
     client: Option<IpAddr>,
+    /// The scheme the client used: `https`, or `http` when TLS is off here and no trusted
+    /// proxy says otherwise.
+    proto: &'static str,
     /// The request as parsed and authorized: only its canonical form goes on.
     api: Option<ApiRequest>,
     /// How long the answer took, when the edge answered itself (so a [`linger`] afterwards is
@@ -161,11 +170,20 @@ fn is_api(path: &str) -> bool {
     path == "/v2" || path.starts_with("/v2/")
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
+/// The client's address: the connection's peer (as the PROXY protocol of a trusted proxy gave
+/// it), or, from a trusted proxy, what its `X-Forwarded-For` says.
+fn client_ip(session: &Session, trusted: &crate::client::Trusted) -> Option<IpAddr> {
+    let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+        .map(|a| a.ip())?;
+    let forwarded = session
+        .req_header()
+        .headers
+        .get_all("x-forwarded-for")
+        .into_iter()
+        .map(|v| v.as_bytes());
+    Some(trusted.forwarded_client(peer, forwarded))
 }
 
 /// Whether the request carries a body the edge did not read.
@@ -221,6 +239,38 @@ fn core_request(req: &RequestHeader, target: &str) -> Result<http::Request<()>> 
 }
 
 impl Edge {
+    /// Sets the configured headers (`[server.headers]`) on an answer, replacing an upstream's.
+    fn decorate(&self, h: &mut ResponseHeader) -> Result<()> {
+        for (name, _) in &self.headers {
+            h.remove_header(name);
+        }
+        for (name, value) in &self.headers {
+            h.append_header(name.clone(), value.clone())?;
+        }
+        Ok(())
+    }
+
+    /// The client's scheme, for `X-Forwarded-Proto`.
+    fn client_proto(&self, session: &Session) -> &'static str {
+        if self.tls {
+            return "https";
+        }
+        let from_trusted = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| self.trusted.contains(a.ip()));
+        let says_https = session
+            .req_header()
+            .headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        if from_trusted && says_https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Answers with an error of the registry's shape.
     #[allow(clippy::too_many_arguments)]
     async fn respond(
@@ -253,6 +303,7 @@ impl Edge {
             session.set_keepalive(None);
         }
         ctx.status = status;
+        self.decorate(&mut h)?;
         let head = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(h), head).await?;
         if !head {
@@ -375,7 +426,8 @@ impl Edge {
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         metrics::IN_FLIGHT.inc();
         ctx.counted = true;
-        ctx.client = client_ip(session);
+        ctx.client = client_ip(session, &self.trusted);
+        ctx.proto = self.client_proto(session);
         let idle = self.timeouts.client_idle;
         session.set_read_timeout(Some(idle));
         session.set_write_timeout(Some(idle));
@@ -474,6 +526,7 @@ impl Edge {
             h.insert_header("Link", format!("<{link}>; rel=\"next\""))?;
         }
         ctx.status = 200;
+        self.decorate(&mut h)?;
         let head = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(h), head).await?;
         if !head {
@@ -508,7 +561,7 @@ impl Edge {
             if let Some(a) = client_req.headers.get(http::header::AUTHORIZATION) {
                 req.insert_header(http::header::AUTHORIZATION, a.clone())?;
             }
-            req.insert_header("X-Forwarded-Proto", "https")?;
+            req.insert_header("X-Forwarded-Proto", ctx.proto)?;
             let (mut s, _) = connector.get_http_session(&*peer).await?;
             s.set_read_timeout(Some(self.timeouts.upstream_read));
             s.write_request_header(Box::new(req)).await?;
@@ -623,6 +676,7 @@ impl Edge {
         let mut header = ResponseHeader::from(parts);
         let head = session.req_header().method == http::Method::HEAD;
         frame(&mut header, &body, session.is_http2())?;
+        self.decorate(&mut header)?;
         let end = head || body.is_end_stream();
         session.write_response_header(Box::new(header), end).await?;
         if end {
@@ -693,6 +747,7 @@ impl ProxyHttp for Edge {
             tries: 0,
             counted: false,
             client: None,
+            proto: "https",
             api: None,
             answered_in: None,
         }
@@ -775,7 +830,7 @@ impl ProxyHttp for Edge {
         for h in SPOOFABLE {
             upstream.remove_header(*h);
         }
-        upstream.insert_header("X-Forwarded-Proto", "https")?;
+        upstream.insert_header("X-Forwarded-Proto", ctx.proto)?;
         if let Some(ip) = ctx.client {
             upstream.insert_header("X-Forwarded-For", ip.to_string())?;
             upstream.insert_header("X-Real-IP", ip.to_string())?;
@@ -795,7 +850,7 @@ impl ProxyHttp for Edge {
         if is_api(session.req_header().uri.path()) {
             resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
         }
-        Ok(())
+        self.decorate(resp)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

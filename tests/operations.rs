@@ -402,9 +402,12 @@ async fn certificate_replaced_during_a_512_mib_download() {
     let first = s.next().await.unwrap().unwrap();
     n += first.len();
     sha2::Digest::update(&mut h, &first);
-    // Replace the certificate (a new CA, too) while the download is in flight.
+    // Replace the certificate, with a new CA, while the download is in flight.
     let old_ca = edge.ca_pem();
-    let (code, out, err) = edge.cli(&["cert", "--force", "--dns", "renewed.example"], "");
+    let (code, out, err) = edge.cli(
+        &["cert", "--force", "--new-ca", "--dns", "renewed.example"],
+        "",
+    );
     assert_eq!(code, 0, "{out}{err}");
     let new_ca = edge.ca_pem();
     assert_ne!(old_ca, new_ca);

@@ -1,6 +1,6 @@
 //! TLS: certificate and key loading (PEM; RSA, ECDSA or Ed25519; with chain), a certificate
-//! resolver whose key can be swapped while serving, and the self-signed certificate generated for
-//! the one-command start.
+//! resolver whose key can be swapped while serving. [`self_signed`] makes and renews the
+//! certificate of the one-command start, under a CA of its own.
 //!
 //! Files are validated here, before pingora sees them: pingora's own loader panics inside its
 //! service thread on a bad file.
@@ -12,6 +12,8 @@ use std::sync::{Arc, RwLock};
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+pub mod self_signed;
 
 /// A certificate or key problem, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +36,7 @@ pub enum TlsError {
     Generate(String),
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
@@ -139,114 +141,93 @@ impl pingora::listeners::TlsAccept for HandshakeMetrics {
     }
 }
 
-/// The files a generated certificate was written to.
-#[derive(Debug)]
-pub struct Generated {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-    pub names: Vec<String>,
+/// Runs [`self_signed::ensure`] and says what it did in the log: a certificate made or
+/// re-issued, or the configured names a kept certificate does not cover. Returns whether a new
+/// certificate was written.
+pub fn upkeep(
+    files: &self_signed::Files,
+    wanted: &self_signed::Wanted,
+    generate: bool,
+) -> Result<bool, TlsError> {
+    use self_signed::{Origin, Outcome};
+    match self_signed::ensure(files, wanted, generate, std::time::SystemTime::now())? {
+        Outcome::Issued {
+            names,
+            reason,
+            new_ca: true,
+        } => {
+            tracing::warn!(
+                cert = %files.cert.display(),
+                ca = %files.ca.display(),
+                names = %names.join(","),
+                reason = %reason,
+                "generated a CA and a certificate it signs; clients must trust {}: copy it to /etc/docker/certs.d/<host:port>/ca.crt (Docker) or /etc/containers/certs.d/<host:port>/ca.crt (podman, skopeo)",
+                files.ca.display()
+            );
+            Ok(true)
+        }
+        Outcome::Issued { names, reason, .. } => {
+            tracing::info!(
+                cert = %files.cert.display(),
+                names = %names.join(","),
+                reason = %reason,
+                "re-issued the certificate under the same CA ({}): clients that trust it need no change",
+                files.ca.display()
+            );
+            Ok(true)
+        }
+        Outcome::Kept {
+            origin,
+            uncovered,
+            ca_expiring,
+            ..
+        } => {
+            if !uncovered.is_empty() {
+                let what = match origin {
+                    Origin::User => "the certificate is not replaced because it is not ours",
+                    _ => "the certificate was made by an older registry-edge that did not keep its CA key: `registry-edge cert --force` makes a new CA, whose ca.crt clients must then be given",
+                };
+                tracing::warn!(
+                    cert = %files.cert.display(),
+                    uncovered = %uncovered.join(","),
+                    "the certificate does not cover these configured names, so clients using them will refuse it; {what}"
+                );
+            }
+            if ca_expiring {
+                tracing::warn!(
+                    ca = %files.ca.display(),
+                    "the CA expires within a month and cannot renew the certificate past its own end: `registry-edge cert --force --new-ca`, then give clients the new ca.crt"
+                );
+            }
+            Ok(false)
+        }
+    }
 }
 
-/// Writes `data` to `path` (creating its directory), readable by the owner only when `secret`.
-fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), TlsError> {
+/// Writes `data` to `path` (creating its directory) through a temporary file renamed into place,
+/// so a running edge never reads half a file; readable by the owner only when `secret`.
+pub(crate) fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), TlsError> {
     let err = |source| TlsError::Write {
         path: path.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp"));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     if secret {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(err)?;
+    let mut f = opts.open(&tmp).map_err(err)?;
     f.write_all(data).map_err(err)?;
-    f.sync_all().map_err(err)
-}
-
-/// Generates a one-off CA and a server certificate it signs, for `hosts` (DNS names and IP
-/// addresses) plus `localhost` and `127.0.0.1`. Writes the certificate, its key and the CA
-/// certificate (`ca.crt`, for `/etc/docker/certs.d/<host:port>/`). The CA's key is never written,
-/// so it can sign nothing else.
-pub fn generate_self_signed(
-    cert: &Path,
-    key: &Path,
-    ca: &Path,
-    hosts: &[String],
-) -> Result<Generated, TlsError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
-    };
-    let g = |e: rcgen::Error| TlsError::Generate(e.to_string());
-    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
-    // This machine's name too, when it is a valid DNS name (an odd one is skipped, not fatal).
-    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
-        let h = h.trim();
-        let valid = rcgen::string::Ia5String::try_from(h.to_owned()).is_ok()
-            && !h.is_empty()
-            && h.split('.').all(|l| {
-                !l.is_empty()
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            });
-        if valid && !names.iter().any(|n| n == h) {
-            names.push(h.to_owned());
-        }
-    }
-    for h in hosts {
-        if !names.contains(h) {
-            names.push(h.clone());
-        }
-    }
-    let mut sans = Vec::new();
-    for n in &names {
-        sans.push(match n.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                n.clone()
-                    .try_into()
-                    .map_err(|e: rcgen::Error| TlsError::Generate(format!("{n:?}: {e}")))?,
-            ),
-        });
-    }
-    let ca_key = KeyPair::generate().map_err(g)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(g)?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "registry-edge self-signed CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(g)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let leaf_key = KeyPair::generate().map_err(g)?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(g)?;
-    params.subject_alt_names = sans;
-    params.distinguished_name.push(
-        DnType::CommonName,
-        names.last().cloned().unwrap_or_default(),
-    );
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    // Strict X.509 checks (Python 3.13's default among them) want the issuer's key named.
-    params.use_authority_key_identifier_extension = true;
-    let leaf = params.signed_by(&leaf_key, &issuer).map_err(g)?;
-
-    write_file(key, leaf_key.serialize_pem().as_bytes(), true)?;
-    write_file(cert, leaf.pem().as_bytes(), false)?;
-    write_file(ca, ca_cert.pem().as_bytes(), false)?;
-    Ok(Generated {
-        cert: cert.to_owned(),
-        key: key.to_owned(),
-        ca: ca.to_owned(),
-        names,
-    })
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
 }
 
 #[cfg(test)]
@@ -254,43 +235,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generate_then_load_and_reject_mismatches() {
+    fn load_rejects_mismatches_and_bad_files() {
+        use self_signed::{ensure, Files, Wanted};
         let dir = tempfile::tempdir().unwrap();
-        let (c, k, ca) = (
-            dir.path().join("certs/domain.crt"),
-            dir.path().join("certs/domain.key"),
-            dir.path().join("certs/ca.crt"),
-        );
-        let g = generate_self_signed(&c, &k, &ca, &["registry.example".into(), "10.1.2.3".into()])
-            .unwrap();
-        assert!(g.names.contains(&"10.1.2.3".to_string()));
-        let pem = std::fs::read(&c).unwrap();
-        let (_, der) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
-        let cert = der.parse_x509().unwrap();
-        assert!(
-            cert.extensions()
-                .iter()
-                .any(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER),
-            "the leaf names its issuer's key"
-        );
-        load_certified_key(&c, &k).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        let files = |d: &str| Files {
+            cert: dir.path().join(d).join("domain.crt"),
+            key: dir.path().join(d).join("domain.key"),
+            ca: dir.path().join(d).join("ca.crt"),
+        };
+        let (a, b) = (files("a"), files("b"));
+        let now = std::time::SystemTime::now();
+        ensure(&a, &Wanted::default(), true, now).unwrap();
+        ensure(&b, &Wanted::default(), true, now).unwrap();
+        let (c, k) = (&a.cert, &a.key);
+        load_certified_key(c, k).unwrap();
         // A key that belongs to another certificate.
-        let (c2, k2) = (dir.path().join("2.crt"), dir.path().join("2.key"));
-        generate_self_signed(&c2, &k2, &dir.path().join("2ca.crt"), &[]).unwrap();
-        let e = load_certified_key(&c, &k2).unwrap_err().to_string();
+        let e = load_certified_key(c, &b.key).unwrap_err().to_string();
         assert!(e.contains("does not match"), "{e}");
         // Garbage and missing files.
         std::fs::write(dir.path().join("bad.pem"), "hello").unwrap();
-        let e = load_certified_key(&dir.path().join("bad.pem"), &k)
+        let e = load_certified_key(&dir.path().join("bad.pem"), k)
             .unwrap_err()
             .to_string();
         assert!(e.contains("bad.pem"), "{e}");
-        let e = load_certified_key(&c, &dir.path().join("missing.key"))
+        let e = load_certified_key(c, &dir.path().join("missing.key"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.key"), "{e}");

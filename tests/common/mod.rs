@@ -35,6 +35,8 @@ pub struct Edge {
     pub user: String,
     pub password: String,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Serving plain HTTP.
+    pub plain: bool,
 }
 
 /// How to start an edge.
@@ -44,6 +46,10 @@ pub struct EdgeOpts {
     pub env: Vec<(String, String)>,
     /// Contents of `proxy.toml` in the edge's directory.
     pub config: Option<String>,
+    /// The loopback address to listen on (default 127.0.0.1).
+    pub listen_ip: Option<String>,
+    /// Plain HTTP (`[tls] enabled = false`).
+    pub plain: bool,
 }
 
 impl EdgeOpts {
@@ -70,7 +76,8 @@ impl Edge {
     pub fn spawn_in(dir: tempfile::TempDir, opts: EdgeOpts) -> Edge {
         let port = reserve_port();
         let metrics_port = reserve_port();
-        let addr = format!("127.0.0.1:{port}");
+        let ip = opts.listen_ip.as_deref().unwrap_or("127.0.0.1");
+        let addr = format!("{ip}:{port}");
         let metrics_addr = format!("127.0.0.1:{metrics_port}");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_registry-edge"));
         cmd.current_dir(dir.path())
@@ -81,6 +88,9 @@ impl Edge {
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if opts.plain {
+            cmd.env("REGISTRY_EDGE_TLS_ENABLED", "false");
+        }
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
@@ -155,11 +165,21 @@ impl Edge {
             user,
             password,
             log,
+            plain: opts.plain,
         }
     }
 
+    /// Stops this edge and starts another in its directory (certificates, users and data kept).
+    pub fn restart_with(mut self, opts: EdgeOpts) -> Edge {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Self::spawn_in(dir, opts)
+    }
+
     pub fn url(&self) -> String {
-        format!("https://{}", self.addr)
+        let scheme = if self.plain { "http" } else { "https" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -347,6 +367,12 @@ pub fn raw_tls(edge: &Edge) -> RawTls {
 
 /// A raw TLS connection from `source`.
 pub fn raw_tls_from(edge: &Edge, source: Option<std::net::IpAddr>) -> RawTls {
+    tls_over(edge, tcp_from(&edge.addr, source).unwrap())
+}
+
+/// A TLS client, trusting the edge's CA, over a connection already open (on which something
+/// may have been sent first, such as a PROXY protocol header).
+pub fn tls_over(edge: &Edge, sock: std::net::TcpStream) -> RawTls {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut edge.ca_pem().as_slice()) {
         roots.add(c.unwrap()).unwrap();
@@ -360,7 +386,6 @@ pub fn raw_tls_from(edge: &Edge, source: Option<std::net::IpAddr>) -> RawTls {
     .with_no_client_auth();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let sock = tcp_from(&edge.addr, source).unwrap();
     rustls::StreamOwned::new(conn, sock)
 }
 
