@@ -115,6 +115,7 @@ struct ServerSection {
     header_timeout: String,
     trusted_proxies: Vec<String>,
     proxy_protocol: bool,
+    upgrade_socket: PathBuf,
     headers: std::collections::BTreeMap<String, toml::Value>,
 }
 
@@ -131,6 +132,7 @@ impl Default for ServerSection {
             header_timeout: "30s".into(),
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            upgrade_socket: "upgrade.sock".into(),
             headers: Default::default(),
         }
     }
@@ -273,6 +275,8 @@ pub struct Config {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// TLS on the listener; off only behind another TLS terminator.
     pub tls: bool,
+    /// The Unix socket over which a binary upgrade hands the listening sockets over.
+    pub upgrade_socket: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
@@ -702,6 +706,7 @@ impl Config {
             trusted,
             headers,
             tls: f.tls.enabled,
+            upgrade_socket: f.server.upgrade_socket,
             cert: f.tls.cert,
             key: f.tls.key,
             ca: f.tls.ca,

@@ -40,6 +40,15 @@ use crate::metrics;
 /// answered requests end their connection, while requests in flight finish.
 pub static DRAINING: AtomicBool = AtomicBool::new(false);
 
+/// Set when the listening sockets went to a new process (a binary upgrade): connections this
+/// process already accepted are still served, but each ends after its current request.
+pub static HANDED_OVER: AtomicBool = AtomicBool::new(false);
+
+/// Whether the request being answered is its connection's last.
+pub fn last_request() -> bool {
+    DRAINING.load(Ordering::Relaxed) || HANDED_OVER.load(Ordering::Relaxed)
+}
+
 /// Limits on client connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -124,6 +133,8 @@ struct Deadline {
     started: Option<tokio::time::Instant>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     generation: u64,
+    /// Bytes read of the current header block.
+    header_bytes: usize,
 }
 
 impl Deadline {
@@ -144,6 +155,32 @@ pub struct Guarded {
     inner: Stream,
     deadline: Option<Deadline>,
     _permit: Option<Permit>,
+    oversize: Oversize,
+}
+
+/// A header block over pingora's limit: pingora answers a bare 400, which the stream turns into
+/// a 431 that says why (RFC 6585), with a body.
+enum Oversize {
+    No,
+    Detected,
+    /// The 431 going out in place of pingora's 400.
+    Replacing(Vec<u8>, usize),
+    /// Sent: the rest of pingora's answer is dropped, and the connection closes.
+    Sent,
+}
+
+/// pingora's header block limit (`MAX_HEADER_SIZE` in its HTTP/1 code).
+pub const MAX_HEADER_BLOCK: usize = 1024 * 1024 - 1;
+
+fn header_too_large_answer() -> Vec<u8> {
+    let body = crate::proxy::error_body("UNSUPPORTED", "request header block larger than 1 MiB");
+    let mut out = format!(
+        "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\nContent-Length: {}\r\nDocker-Distribution-Api-Version: registry/2.0\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 impl std::fmt::Debug for Guarded {
@@ -160,6 +197,7 @@ impl Guarded {
             inner,
             deadline: None,
             _permit: None,
+            oversize: Oversize::No,
         }
     }
 
@@ -174,11 +212,13 @@ impl Guarded {
             started: Some(tokio::time::Instant::now()),
             timer: None,
             generation: 0,
+            header_bytes: 0,
         });
         Guarded {
             inner,
             deadline,
             _permit: Some(permit),
+            oversize: Oversize::No,
         }
     }
 
@@ -225,6 +265,7 @@ impl AsyncRead for Guarded {
             d.generation = generation;
             d.started = None;
             d.timer = None;
+            d.header_bytes = 0;
         }
         let armed = d.shared.armed.load(Ordering::Acquire);
         if armed {
@@ -238,6 +279,15 @@ impl AsyncRead for Guarded {
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if !armed {
             return r;
+        }
+        if let Poll::Ready(Ok(())) = &r {
+            d.header_bytes += buf.filled().len() - before;
+            if d.header_bytes > MAX_HEADER_BLOCK && matches!(this.oversize, Oversize::No) {
+                this.oversize = Oversize::Detected;
+                metrics::CONNECTIONS_REFUSED
+                    .with_label_values(&["header_too_large"])
+                    .inc();
+            }
         }
         match &r {
             Poll::Ready(Ok(())) if buf.filled().len() > before && d.started.is_none() => {
@@ -267,7 +317,27 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if matches!(this.oversize, Oversize::Detected) && buf.starts_with(b"HTTP/1.1 400") {
+            this.oversize = Oversize::Replacing(header_too_large_answer(), 0);
+        }
+        match &mut this.oversize {
+            Oversize::Replacing(out, pos) => {
+                while *pos < out.len() {
+                    match Pin::new(&mut this.inner).poll_write(cx, &out[*pos..]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                        }
+                        Poll::Ready(Ok(n)) => *pos += n,
+                        other => return other,
+                    }
+                }
+                this.oversize = Oversize::Sent;
+                Poll::Ready(Ok(buf.len()))
+            }
+            Oversize::Sent => Poll::Ready(Ok(buf.len())),
+            _ => Pin::new(&mut this.inner).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -283,6 +353,13 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if !matches!(self.oversize, Oversize::No) {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -34,6 +34,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod lifecycle;
 pub mod lockout;
 pub mod metrics;
 pub mod proxy;
@@ -48,7 +49,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
@@ -56,6 +57,8 @@ use crate::auth::{Authenticator, Htpasswd};
 use crate::config::{Config, Upstream};
 use crate::proxy::{Edge, Timeouts, Upstreams};
 use crate::tls::CertStore;
+
+pub use crate::lifecycle::Signals;
 
 /// Why the edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -162,18 +165,35 @@ impl BackgroundService for CoreService {
     }
 }
 
-/// `/metrics` on its own listener.
+/// `/metrics` on its own listener: bound before start, or (after a binary upgrade, while the
+/// old process still holds the port) bound here as soon as the port is free.
 struct MetricsService {
+    addr: String,
     listener: Mutex<Option<std::net::TcpListener>>,
 }
 
 #[async_trait]
 impl BackgroundService for MetricsService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(l) = self.listener.lock().expect("listener lock").take() else {
-            return;
+        let bound = self.listener.lock().expect("listener lock").take();
+        let l = match bound {
+            Some(l) => tokio::net::TcpListener::from_std(l),
+            None => loop {
+                match tokio::net::TcpListener::bind(&self.addr).await {
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                    r => {
+                        tracing::info!(addr = %self.addr, "metrics listening");
+                        break r;
+                    }
+                }
+            },
         };
-        let l = match tokio::net::TcpListener::from_std(l) {
+        let l = match l {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "metrics listener failed");
@@ -187,74 +207,14 @@ impl BackgroundService for MetricsService {
     }
 }
 
-/// The edge's shutdown signals, as pingora's (SIGINT: exit at once; SIGQUIT: hand the listening
-/// sockets to a new process, for a binary upgrade), but for SIGTERM: the edge drains first (it
-/// stops taking connections and lets the requests in flight finish, at most `drain` long) and
-/// exits as soon as none is left, instead of always sleeping a whole grace period.
-pub struct Signals {
-    pub drain: Duration,
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::quit()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers; running until killed");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
-            _ = int.recv() => return ShutdownSignal::FastShutdown,
-            _ = term.recv() => {}
-        }
-        conn::DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
-        // Connections accepted just before are given a moment to reach their request.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let start = std::time::Instant::now();
-        let in_flight = || metrics::IN_FLIGHT.get();
-        tracing::info!(
-            in_flight = in_flight(),
-            drain_timeout = ?self.drain,
-            "SIGTERM: draining: no new connections; requests in flight may finish"
-        );
-        while in_flight() > 0 && start.elapsed() < self.drain {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let left = in_flight();
-        if left > 0 {
-            tracing::warn!(
-                in_flight = left,
-                "drain timeout reached; exiting with requests in flight"
-            );
-        } else {
-            tracing::info!(
-                duration_ms = start.elapsed().as_millis() as u64,
-                "drained: no request in flight; exiting"
-            );
-        }
-        ShutdownSignal::FastShutdown
-    }
-}
-
-/// Logs readiness once the services it depends on are up.
-struct ReadyLog(String);
-
-#[async_trait]
-impl BackgroundService for ReadyLog {
-    async fn start(&self, _shutdown: ShutdownWatch) {
-        tracing::info!(addr = %self.0, "registry-edge ready");
-    }
-}
+/// How long a new process started with `--upgrade` waits for the old one's sockets.
+const UPGRADE_WAIT_SECS: usize = 60;
 
 /// Runs the edge until `args.shutdown_signal` fires (SIGTERM by default): every file is checked
 /// before anything listens, then pingora serves until shutdown. On a graceful terminate the
-/// requests in flight drain when `args` is [`Signals`], as the binary runs it.
-pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
+/// requests in flight drain when `args` is [`Signals`], as the binary runs it. With `upgrade`,
+/// the listening sockets come from a running edge (see [`lifecycle`]) instead of being bound.
+pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartError> {
     metrics::init();
     let files = conn::raise_open_files_limit();
     tracing::info!(
@@ -267,18 +227,43 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
         let addr = addr.to_owned();
         move |source| StartError::Listen { addr, source }
     };
-    // Fail early and clearly if the port is taken (pingora would exit with a terse log line).
-    drop(std::net::TcpListener::bind(&config.listen).map_err(listen_err(&config.listen))?);
+    if !upgrade {
+        // Fail early and clearly if the port is taken (pingora would exit with a terse log line).
+        drop(std::net::TcpListener::bind(&config.listen).map_err(listen_err(&config.listen))?);
+    }
 
     let drain = config.drain_timeout;
     let conf = ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(drain.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
+        upgrade_sock: config.upgrade_socket.to_string_lossy().into_owned(),
+        // A second per try: the operator has this long to send SIGQUIT to the old process.
+        upgrade_sock_connect_accept_max_retries: Some(UPGRADE_WAIT_SECS),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    if upgrade {
+        tracing::info!(
+            socket = %config.upgrade_socket.display(),
+            wait_s = UPGRADE_WAIT_SECS,
+            "upgrade: waiting for the running edge's listening sockets; send it SIGQUIT"
+        );
+    }
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    if upgrade {
+        // Its presence tells a later SIGQUIT that a new process waits (see `lifecycle`).
+        let _ = std::fs::remove_file(&config.upgrade_socket);
+        tracing::info!("upgrade: listening sockets received");
+    }
+    server.add_service(background_service(
+        "upgrade-drain",
+        lifecycle::UpgradeDrain { drain },
+    ));
 
     let upstreams = match &config.upstream {
         Upstream::Embedded(core_config) => {
@@ -298,13 +283,20 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
         Upstream::Urls(urls) => Upstreams::urls(urls.clone()),
     };
     if let Some(addr) = &config.metrics_listen {
-        let l = std::net::TcpListener::bind(addr).map_err(listen_err(addr))?;
-        l.set_nonblocking(true).map_err(listen_err(addr))?;
-        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");
+        // After an upgrade the old process holds the port until it exits.
+        let listener = if upgrade {
+            None
+        } else {
+            let l = std::net::TcpListener::bind(addr).map_err(listen_err(addr))?;
+            l.set_nonblocking(true).map_err(listen_err(addr))?;
+            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");
+            Some(l)
+        };
         server.add_service(background_service(
             "metrics",
             MetricsService {
-                listener: Mutex::new(Some(l)),
+                addr: addr.clone(),
+                listener: Mutex::new(listener),
             },
         ));
     }
@@ -377,7 +369,10 @@ pub fn run(config: Config, args: RunArgs) -> Result<(), StartError> {
         "reloader",
         reload::Reloader::new(&config, prepared.certs.clone(), prepared.auth.clone()),
     ));
-    let ready = server.add_service(background_service("ready", ReadyLog(config.listen.clone())));
+    let ready = server.add_service(background_service(
+        "ready",
+        lifecycle::ReadyLog(config.listen.clone()),
+    ));
     ready.add_dependency(&proxy_handle);
 
     for name in &config.ignored_env {

@@ -34,7 +34,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve (the default).
-    Run,
+    Run {
+        /// Take the listening sockets over from a running edge (a zero-downtime binary
+        /// upgrade): start this, then send the running edge SIGQUIT.
+        #[arg(long, short)]
+        upgrade: bool,
+    },
     /// Add a user to the htpasswd file, or replace their password (bcrypt).
     Passwd {
         user: String,
@@ -110,19 +115,20 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => {
+    match cli.command.unwrap_or(Command::Run { upgrade: false }) {
+        Command::Run { upgrade } => {
             init_logging(config.log_json);
             if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
                 tracing::warn!(error = %e, "jemalloc background threads not started; freed memory is returned more slowly");
             }
             let signals = registry_edge::Signals {
                 drain: config.drain_timeout,
+                upgrade_socket: config.upgrade_socket.clone(),
             };
             let args = pingora::server::RunArgs {
                 shutdown_signal: Box::new(signals),
             };
-            match registry_edge::run(config, args) {
+            match registry_edge::run(config, args, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("registry-edge: {e}");

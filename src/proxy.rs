@@ -431,7 +431,7 @@ impl Edge {
         let idle = self.timeouts.client_idle;
         session.set_read_timeout(Some(idle));
         session.set_write_timeout(Some(idle));
-        if crate::conn::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+        if crate::conn::last_request() {
             // The edge is about to exit: this is the connection's last request.
             session.set_keepalive(None);
         } else {

@@ -1,6 +1,7 @@
 //! `docker-compose up` of the top-level compose file, for real: the image is built from the
-//! repository's Dockerfile (its `prebuilt` target, on a runtime base made here with `docker
-//! import` from this machine's libraries, since no image can be pulled), then skopeo logs in,
+//! repository's Dockerfile (its `prebuilt` target, on a runtime base made by
+//! `scripts/offline-base` with `docker import` from this machine's libraries, since no image can
+//! be pulled), then skopeo logs in,
 //! pushes and pulls through the edge over verified TLS, and everything is taken down.
 
 mod common;
@@ -10,49 +11,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{assert_same_blobs, have, make_oci_layout, reserve_port, run};
-
-/// The shared libraries a binary loads, from `ldd`.
-fn shared_libraries(bin: &Path) -> Vec<PathBuf> {
-    let out = run(Command::new("ldd").arg(bin));
-    out.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let path = match l.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
-}
-
-/// A root filesystem with just what `bins` need to run, as a tar archive.
-fn runtime_rootfs(bins: &[PathBuf]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut seen = std::collections::BTreeSet::new();
-    for dir in ["tmp", "srv", "etc", "usr/local/bin"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(if dir == "tmp" { 0o1777 } else { 0o755 });
-        h.set_size(0);
-        h.set_cksum();
-        b.append_data(&mut h, dir, std::io::empty()).unwrap();
-    }
-    for bin in bins {
-        for lib in shared_libraries(bin) {
-            if seen.insert(lib.clone()) {
-                let data = std::fs::read(std::fs::canonicalize(&lib).unwrap()).unwrap();
-                let mut h = tar::Header::new_gnu();
-                h.set_size(data.len() as u64);
-                h.set_mode(0o755);
-                h.set_cksum();
-                b.append_data(&mut h, lib.strip_prefix("/").unwrap(), data.as_slice())
-                    .unwrap();
-            }
-        }
-    }
-    b.into_inner().unwrap()
-}
 
 struct Down {
     compose: Vec<String>,
@@ -97,17 +55,14 @@ fn docker_compose_up_push_pull_down() {
     let work = tempfile::tempdir().unwrap();
     let id = format!("regedge{}", std::process::id());
     let runtime = format!("{id}-runtime:test");
-    // The runtime base image: only the libraries the two binaries load.
-    let rootfs = work.path().join("rootfs.tar");
-    std::fs::write(
-        &rootfs,
-        runtime_rootfs(&[edge_bin.clone(), core_bin.clone()]),
-    )
-    .unwrap();
-    run(Command::new("docker")
-        .args(["import"])
-        .arg(&rootfs)
-        .arg(&runtime));
+    // The runtime base image, made by the script the README gives users: only the libraries
+    // the two binaries load.
+    let bins = edge_bin.parent().unwrap();
+    run(
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/offline-base"))
+            .arg(&runtime)
+            .arg(bins),
+    );
     // The build context: the repository's Dockerfile and the binaries where `prebuilt` wants them.
     let ctx = work.path().join("ctx");
     std::fs::create_dir_all(ctx.join("target/release")).unwrap();
