@@ -262,3 +262,16 @@ async fn configured_headers_are_on_every_answer() {
         "{err}"
     );
 }
+
+#[test]
+fn curl_over_plain_http_to_the_tls_port_reads_why() {
+    let edge = Edge::start();
+    // What Docker's loopback fallback to http:// shows the user, too.
+    let out = run(Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .arg(format!("http://{}/v2/", edge.addr)));
+    assert!(
+        out.contains("Client sent an HTTP request to an HTTPS server.") && out.ends_with("400"),
+        "{out}"
+    );
+}
