@@ -434,7 +434,10 @@ async fn dispatch(
         }
         (Route::Manifest { name, reference }, m @ (Method::GET | Method::HEAD)) => {
             let name = parse_name(&name)?;
-            let reference = parse_reference(&reference)?;
+            // Nothing can exist under a reference that is neither a tag nor a digest: unknown,
+            // as for any other absent manifest (a PUT with it stays invalid).
+            let reference = parse_reference(&reference)
+                .map_err(|_| RegistryError::manifest_unknown(&reference))?;
             let m_ = registry.get_manifest(&name, &reference).await?;
             let len = m_.bytes.len();
             let body = if m == Method::HEAD {

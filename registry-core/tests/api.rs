@@ -621,6 +621,14 @@ async fn manifest_validation() {
         .await
         .unwrap();
     assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+    // Read with a reference that is neither a tag nor a digest: nothing can be there.
+    for reference in ["-bad", "sha256:zz", "a:b:c"] {
+        let url = format!("{}/v2/r/manifests/{reference}", s.url);
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{reference}");
+        assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN", "{reference}");
+        assert_eq!(c.head(&url).send().await.unwrap().status(), 404);
+    }
     let r = c
         .get(format!("{}/v2/UPPER/manifests/t", s.url))
         .send()
@@ -978,6 +986,7 @@ async fn hostile_names_never_touch_files() {
             resp.contains("NAME_INVALID")
                 || resp.contains("DIGEST_INVALID")
                 || resp.contains("MANIFEST_INVALID")
+                || resp.contains("MANIFEST_UNKNOWN")
                 || resp.contains("UNSUPPORTED"),
             "{path}: {resp}"
         );
