@@ -3,7 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use sha2::{Digest as _, Sha256, Sha512};
+use sha2::{Digest as _, Sha512};
+
+use crate::hash::Sha256;
 
 /// A digest algorithm this registry can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,7 +111,8 @@ impl fmt::Display for Digest {
     }
 }
 
-/// An incremental hasher for one of the supported algorithms.
+/// An incremental hasher for one of the supported algorithms. A SHA-256 one can be saved and
+/// restored ([`crate::hash`]).
 #[derive(Clone)]
 pub enum Hasher {
     Sha256(Sha256),
@@ -128,6 +131,22 @@ impl Hasher {
         match self {
             Hasher::Sha256(h) => h.update(data),
             Hasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    /// The saved state, for algorithms that have one (SHA-256).
+    pub fn save(&self) -> Option<Vec<u8>> {
+        match self {
+            Hasher::Sha256(h) => Some(h.save()),
+            Hasher::Sha512(_) => None,
+        }
+    }
+
+    /// A hasher from a state [`Hasher::save`] wrote, if it is one.
+    pub fn restore(algorithm: Algorithm, saved: &[u8]) -> Option<Hasher> {
+        match algorithm {
+            Algorithm::Sha256 => Sha256::restore(saved).map(Hasher::Sha256),
+            Algorithm::Sha512 => None,
         }
     }
 

@@ -7,7 +7,8 @@
 //!   [`error::RegistryError`] into a status and an OCI JSON error body in one place.
 //! - [`routes`]: `/v2/<name>/<kind>/<ref>` parsing from the end (names contain `/`).
 //! - [`registry`]: the operations (blobs, uploads, manifests, tags, catalog, referrers, purge) over
-//!   a [`storage::Storage`]; upload state lives in storage, in-memory hashes are a fast path.
+//!   a [`storage::Storage`]; upload state lives in storage, the running hash included (saved
+//!   by [`hash`] after each chunk), so any process can finish an upload without re-reading it.
 //! - [`manifest`]: manifest validation, media types, referrer descriptors.
 //! - [`gc`]: mark and sweep with a grace period, safe while serving.
 //! - [`storage`]: the storage trait, Distribution's path [`storage::layout`] and the filesystem
@@ -22,6 +23,7 @@ pub mod config;
 pub mod digest;
 pub mod error;
 pub mod gc;
+pub mod hash;
 pub mod manifest;
 pub mod metrics;
 pub mod name;

@@ -59,7 +59,7 @@ static UPLOADS_IN_PROGRESS: LazyLock<IntGauge> = LazyLock::new(|| {
 static UPLOAD_OUTCOMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "regcore_uploads_total",
-        "Upload session events: started, completed, mounted, digest_mismatch, interrupted, cancelled, purged.",
+        "Upload session events: started, completed, mounted, digest_mismatch, interrupted, cancelled, purged, rehashed (a digest computed by reading the upload back, when no saved hash state fits).",
         &["outcome"]
     )
     .expect("metric registers once")

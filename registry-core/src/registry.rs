@@ -38,8 +38,8 @@ impl Default for Options {
 }
 
 /// In-memory state of an upload: a lock that serializes its requests, and the hash of the bytes
-/// stored so far when this process saw them all (a fast path only: without it the digest is
-/// recomputed from storage).
+/// stored so far when this process saw them all (a fast path: without it the hash state saved in
+/// storage is loaded, and without that the digest is recomputed from the data).
 #[derive(Default)]
 struct UploadState {
     hash: Option<(u64, Hasher)>,
@@ -311,7 +311,7 @@ impl Registry {
         let mut hasher = match state.hash.take() {
             Some((offset, h)) if offset == current => Some(h),
             _ if current == 0 => Some(Algorithm::Sha256.hasher()),
-            _ => None,
+            _ => self.saved_hash(name, id, Algorithm::Sha256, current).await,
         };
         let mut writer = self
             .storage
@@ -338,6 +338,13 @@ impl Registry {
         // Keep what arrived, even from an aborted body: the client can resume after it.
         let size = writer.commit().await?;
         if let Some(h) = hasher {
+            // Beside the data, so whichever process takes the next request has it.
+            if let Some(saved) = h.save() {
+                let key = layout::upload_hashstate(name, id, h.algorithm().as_str(), size);
+                if let Err(e) = self.storage.put(&key, Bytes::from(saved)).await {
+                    tracing::warn!(error = %e, "upload hash state not saved; the digest will be computed from the data");
+                }
+            }
             state.hash = Some((size, h));
         }
         if let Some(r) = range {
@@ -379,11 +386,13 @@ impl Registry {
         let size = self.write_upload(name, id, &mut state, range, body).await;
         let size = self.forget_unknown(name, id, size)?;
         let data = layout::upload_data(name, id);
-        let actual = match state.hash.take() {
-            Some((offset, h)) if offset == size && h.algorithm() == digest.algorithm() => {
-                h.finish()
-            }
-            _ => self.hash_object(&data, digest.algorithm()).await?,
+        let hasher = match state.hash.take() {
+            Some((offset, h)) if offset == size && h.algorithm() == digest.algorithm() => Some(h),
+            _ => self.saved_hash(name, id, digest.algorithm(), size).await,
+        };
+        let actual = match hasher {
+            Some(h) => h.finish(),
+            None => self.hash_object(&data, digest.algorithm()).await?,
         };
         if &actual != digest {
             self.storage.delete(&layout::upload_dir(name, id)).await?;
@@ -404,8 +413,23 @@ impl Registry {
         Ok(size)
     }
 
-    /// The digest of a stored object, read back from storage.
+    /// The running hash of an upload's first `offset` bytes, as saved in storage (by this or
+    /// another process, or by Distribution), if there is one.
+    async fn saved_hash(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        alg: Algorithm,
+        offset: u64,
+    ) -> Option<Hasher> {
+        let key = layout::upload_hashstate(name, id, alg.as_str(), offset);
+        let saved = self.storage.get(&key).await.ok()?;
+        Hasher::restore(alg, &saved)
+    }
+
+    /// The digest of a stored object, read back from storage (counted: it is the slow path).
     async fn hash_object(&self, path: &str, alg: Algorithm) -> Result<Digest, RegistryError> {
+        metrics::upload_outcome("rehashed");
         let mut h = alg.hasher();
         let mut s = self.storage.reader(path, None).await?;
         while let Some(c) = s.next().await {
@@ -798,4 +822,109 @@ pub(crate) fn manifest_too_large(limit: usize) -> RegistryError {
         ErrorCode::SizeInvalid,
         format!("manifest is larger than the limit of {limit} bytes"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{FsStorage, ObjectMeta, ObjectWriter};
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A filesystem store that counts reads of upload data.
+    struct Counting {
+        inner: FsStorage,
+        data_reads: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Counting {
+        async fn get(&self, p: &str) -> Result<Bytes, StorageError> {
+            self.inner.get(p).await
+        }
+        async fn put(&self, p: &str, d: Bytes) -> Result<(), StorageError> {
+            self.inner.put(p, d).await
+        }
+        async fn stat(&self, p: &str) -> Result<ObjectMeta, StorageError> {
+            self.inner.stat(p).await
+        }
+        async fn reader(&self, p: &str, r: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
+            if p.contains("/_uploads/") {
+                self.data_reads.fetch_add(1, Ordering::Relaxed);
+            }
+            self.inner.reader(p, r).await
+        }
+        async fn list(&self, p: &str) -> Result<Vec<String>, StorageError> {
+            self.inner.list(p).await
+        }
+        async fn delete(&self, p: &str) -> Result<(), StorageError> {
+            self.inner.delete(p).await
+        }
+        async fn writer(&self, p: &str, a: bool) -> Result<Box<dyn ObjectWriter>, StorageError> {
+            self.inner.writer(p, a).await
+        }
+        async fn rename(&self, f: &str, t: &str) -> Result<(), StorageError> {
+            self.inner.rename(f, t).await
+        }
+    }
+
+    fn body(data: &[u8]) -> ByteStream {
+        let b = Bytes::copy_from_slice(data);
+        Box::pin(futures_util::stream::once(async move { Ok(b) }))
+    }
+
+    /// Two registries on one store play two processes: the chunks of one upload alternate
+    /// between them, and the one that finishes verifies the digest from the saved hash state,
+    /// without reading the data back.
+    #[tokio::test]
+    async fn an_upload_moves_between_processes_without_a_re_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Counting {
+            inner: FsStorage::open(dir.path()).unwrap(),
+            data_reads: AtomicUsize::new(0),
+        });
+        let a = Registry::new(store.clone(), Options::default());
+        let b = Registry::new(store.clone(), Options::default());
+        let name: RepoName = "split/upload".parse().unwrap();
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i % 251) as u8).collect();
+        let id = a.start_upload(&name).await.unwrap();
+        let chunks: Vec<&[u8]> = data.chunks(70_000).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            let r = if i % 2 == 0 { &a } else { &b };
+            r.append_upload(&name, &id, None, body(c)).await.unwrap();
+        }
+        let digest = Digest::sha256_of(&data);
+        // The process that did not take the last chunk finishes.
+        let last = if chunks.len().is_multiple_of(2) {
+            &a
+        } else {
+            &b
+        };
+        let size = last
+            .complete_upload(&name, &id, &digest, None, body(b""))
+            .await
+            .unwrap();
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(store.data_reads.load(Ordering::Relaxed), 0, "no re-read");
+        assert_eq!(a.blob_size(&name, &digest).await.unwrap(), size);
+        // A saved state that does not fit (here: none at all) falls back to reading the data.
+        let id = a.start_upload(&name).await.unwrap();
+        a.append_upload(&name, &id, None, body(&data[..1000]))
+            .await
+            .unwrap();
+        store
+            .delete(&format!("{}/hashstates", layout::upload_dir(&name, &id)))
+            .await
+            .unwrap();
+        b.complete_upload(
+            &name,
+            &id,
+            &Digest::sha256_of(&data[..1000]),
+            None,
+            body(b""),
+        )
+        .await
+        .unwrap();
+        assert_eq!(store.data_reads.load(Ordering::Relaxed), 1);
+    }
 }

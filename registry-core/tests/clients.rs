@@ -381,3 +381,92 @@ async fn metrics_on_their_own_listener() {
         404
     );
 }
+
+/// An upload Distribution 2.8 started is finished by registry-core on the same directory, from
+/// the hash state Distribution saved (Go's form, which registry-core reads and writes): no byte
+/// of it is read back.
+#[tokio::test]
+async fn an_upload_distribution_started_is_finished_here_from_its_hash_state() {
+    assert!(have("docker-registry"), "docker-registry is needed");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    let data = random_bytes(3 * 1024 * 1024 + 77);
+    let (first, rest) = data.split_at(1024 * 1024 + 33);
+    let c = reqwest::Client::new();
+    let d = Distribution::start(&root, dir.path());
+    let r = c
+        .post(format!("http://{}/v2/handed/over/blobs/uploads/", d.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = c
+        .patch(&location)
+        .header("content-type", "application/octet-stream")
+        .body(first.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let uuid = r.headers()["docker-upload-uuid"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let state = root.join(format!(
+        "docker/registry/v2/repositories/handed/over/_uploads/{uuid}/hashstates/sha256/{}",
+        first.len()
+    ));
+    assert!(state.exists(), "Distribution saved its hash state");
+    drop(d);
+    let core = BinServer::spawn(&root, &["--metrics-listen", "127.0.0.1:0"]);
+    let upload = format!("{}/v2/handed/over/blobs/uploads/{uuid}", core.url());
+    let r = c
+        .patch(&upload)
+        .header(
+            "content-range",
+            format!("{}-{}", first.len(), data.len() - 1),
+        )
+        .body(rest.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let digest = sha256(&data);
+    let r = c
+        .put(format!("{upload}?digest={digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let got = c
+        .get(format!("{}/v2/handed/over/blobs/{digest}", core.url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&got), digest);
+    let metrics = c
+        .get(format!(
+            "http://{}/metrics",
+            core.metrics_addr.as_ref().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&metrics, "regcore_uploads_total{outcome=\"rehashed\"}"),
+        None,
+        "the digest came from the saved state:\n{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "regcore_uploads_total{outcome=\"completed\"}"),
+        Some(1.0)
+    );
+}

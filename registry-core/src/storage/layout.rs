@@ -112,6 +112,11 @@ pub fn upload_data(name: &RepoName, id: &UploadId) -> String {
     format!("{}/data", upload_dir(name, id))
 }
 
+/// The running hash of an upload's first `offset` bytes (Distribution's place for it).
+pub fn upload_hashstate(name: &RepoName, id: &UploadId, alg: &str, offset: u64) -> String {
+    format!("{}/hashstates/{alg}/{offset}", upload_dir(name, id))
+}
+
 pub fn upload_startedat(name: &RepoName, id: &UploadId) -> String {
     format!("{}/startedat", upload_dir(name, id))
 }
