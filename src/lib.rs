@@ -18,9 +18,10 @@
 //!   that is authorized and forwarded.
 //! - [`access`]: access rules (users, groups, repository patterns, pull/push/delete).
 //! - [`proxy`]: the pingora `ProxyHttp` implementation: auth, parsing, access rules, then either
-//!   the embedded registry-core's handler called in-process, or upstream choice and forwarding
-//!   headers for upstream URLs; the filtered catalog, the API-version header, and the JSON error
-//!   answers.
+//!   the embedded registry-core's handler called in-process (`proxy/embedded.rs`), or upstream
+//!   choice and forwarding headers for upstream URLs; the filtered catalog (`proxy/catalog.rs`),
+//!   the API-version and configured headers, and the JSON error answers.
+//! - [`lifecycle`]: readiness, the SIGTERM drain and the SIGQUIT binary upgrade.
 //! - [`reload`]: the certificate and htpasswd files reloaded on change and on SIGHUP, and the
 //!   certificate's upkeep (re-issued for new names, renewed before it expires).
 //! - [`metrics`]: `regedge_*` Prometheus metrics, served with the core's `regcore_*` ones.

@@ -1,7 +1,8 @@
 //! The `ProxyHttp` implementation: in `request_filter` the lockout check, authentication and the
 //! access rules; upstream choice; forwarding headers; the API-version header on every `/v2/`
 //! answer; the catalog filtered to what the user may pull; and the JSON error bodies of the edge's
-//! own answers (401, 403, 404, 429, 502/503/504).
+//! own answers (401, 403, 404, 429, 502/503/504). [`embedded`] answers with the in-process
+//! registry-core; [`catalog`] serves the filtered catalog.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,9 +11,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::TryStreamExt;
-use http_body::Body as _;
-use http_body_util::BodyExt;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -27,11 +25,8 @@ use crate::metrics;
 use crate::request::{self, ApiRequest};
 use registry_core::routes::Route;
 
-/// Repositories asked for per page when the edge reads an upstream's whole catalog to filter it,
-/// and the bounds on that reading.
-const CATALOG_PAGE: usize = 1000;
-const CATALOG_MAX_PAGES: usize = 1000;
-const CATALOG_MAX_PAGE_BYTES: usize = 16 * 1024 * 1024;
+mod catalog;
+mod embedded;
 
 /// How long an upstream that refused a connection is passed over.
 const UPSTREAM_COOLDOWN: Duration = Duration::from_secs(5);
@@ -146,26 +141,6 @@ const SPOOFABLE: &[&str] = &[
     "x-rewrite-url",
 ];
 
-/// Makes an HTTP/1.1 answer of the embedded registry self-delimiting: a body of known size gets
-/// its `Content-Length`, any other body is sent chunked, so the connection can carry the next
-/// request. (HTTP/2 frames its own bodies.)
-fn frame(header: &mut ResponseHeader, body: &registry_core::server::Body, h2: bool) -> Result<()> {
-    let status = header.status;
-    if h2 || status.is_informational() || status == 204 || status == 304 {
-        return Ok(());
-    }
-    let h = &header.headers;
-    if h.contains_key(http::header::CONTENT_LENGTH)
-        || h.contains_key(http::header::TRANSFER_ENCODING)
-    {
-        return Ok(());
-    }
-    match body.size_hint().exact() {
-        Some(n) => header.insert_header(http::header::CONTENT_LENGTH, n.to_string()),
-        None => header.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
-    }
-}
-
 fn is_api(path: &str) -> bool {
     path == "/v2" || path.starts_with("/v2/")
 }
@@ -225,17 +200,6 @@ async fn linger(session: &mut Session) {
             _ => return,
         }
     }
-}
-
-/// The request as registry-core's handler takes it: the canonical target that was authorized,
-/// and the client's headers but for `Expect`, which the edge has answered.
-fn core_request(req: &RequestHeader, target: &str) -> Result<http::Request<()>> {
-    let mut parts = req.as_owned_parts();
-    parts.headers.remove(http::header::EXPECT);
-    parts.uri = target
-        .parse()
-        .map_err(|_| Error::explain(ErrorType::InternalError, "canonical target"))?;
-    Ok(http::Request::from_parts(parts, ()))
 }
 
 impl Edge {
@@ -481,222 +445,6 @@ impl Edge {
             return Ok(true);
         }
         Ok(false)
-    }
-
-    /// The catalog as `user` may see it: the whole list is filtered first, then paged, and the
-    /// `Link` to the next page is built from what the user may see, so paging reveals nothing
-    /// hidden.
-    async fn serve_catalog(&self, session: &mut Session, ctx: &mut Ctx, user: &str) -> Result<()> {
-        let all = match &self.upstreams {
-            Upstreams::Embedded(registry) => registry
-                .catalog()
-                .await
-                .map_err(|e| Error::because(ErrorType::HTTPStatus(503), "listing the catalog", e)),
-            Upstreams::Urls { .. } => {
-                let header = session.req_header().clone();
-                self.upstream_catalog(ctx, &header).await
-            }
-        };
-        let all = match all {
-            Ok(all) => all,
-            Err(e) => {
-                tracing::error!(error = %e, "catalog listing failed");
-                let msg = "the registry could not list its repositories";
-                self.respond(session, ctx, 503, "UNAVAILABLE", msg, false, None)
-                    .await?;
-                return Ok(());
-            }
-        };
-        let visible: Vec<String> = all
-            .into_iter()
-            .filter(|name| self.access.allows(user, name, Action::Pull))
-            .collect();
-        let api = ctx.api.as_ref().expect("parsed before");
-        let n = api.param("n").and_then(|n| n.parse::<usize>().ok());
-        let last = api.param("last").filter(|l| !l.is_empty());
-        let (page, next) = registry_core::server::page(visible, n, last);
-        let body = Bytes::from(serde_json::json!({ "repositories": page }).to_string());
-        let mut h = ResponseHeader::build(200, Some(4))?;
-        h.insert_header("Content-Type", "application/json")?;
-        h.insert_header("Content-Length", body.len().to_string())?;
-        h.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
-        if let Some((n, last)) = next {
-            let q = [("n", n.to_string()), ("last", last)];
-            let link = request::target("/v2/_catalog", &q);
-            h.insert_header("Link", format!("<{link}>; rel=\"next\""))?;
-        }
-        ctx.status = 200;
-        self.decorate(&mut h)?;
-        let head = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(h), head).await?;
-        if !head {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
-    }
-
-    /// The whole catalog of the upstream, page by page (bounded in pages and names).
-    async fn upstream_catalog(
-        &self,
-        ctx: &mut Ctx,
-        client_req: &RequestHeader,
-    ) -> Result<Vec<String>> {
-        let mut all: Vec<String> = Vec::new();
-        let mut last: Option<String> = None;
-        let connector = &self.catalog_connector;
-        for _ in 0..CATALOG_MAX_PAGES {
-            let peer = self.pick(ctx)?;
-            let mut q = vec![("n", CATALOG_PAGE.to_string())];
-            if let Some(l) = &last {
-                q.push(("last", l.clone()));
-            }
-            let target = request::target("/v2/_catalog", &q);
-            let mut req = RequestHeader::build("GET", target.as_bytes(), Some(4))?;
-            // The client's Host, as for every request forwarded (Distribution builds URLs from it).
-            if let Some(h) = client_req.headers.get(http::header::HOST) {
-                req.insert_header(http::header::HOST, h.clone())?;
-            } else if let Some(a) = client_req.uri.authority() {
-                req.insert_header(http::header::HOST, a.as_str().to_owned())?;
-            }
-            if let Some(a) = client_req.headers.get(http::header::AUTHORIZATION) {
-                req.insert_header(http::header::AUTHORIZATION, a.clone())?;
-            }
-            req.insert_header("X-Forwarded-Proto", ctx.proto)?;
-            let (mut s, _) = connector.get_http_session(&*peer).await?;
-            s.set_read_timeout(Some(self.timeouts.upstream_read));
-            s.write_request_header(Box::new(req)).await?;
-            s.finish_request_body().await?;
-            s.read_response_header().await?;
-            let status = s.response_header().map_or(0, |h| h.status.as_u16());
-            let more = s
-                .response_header()
-                .and_then(|h| h.headers.get(http::header::LINK))
-                .is_some();
-            let mut body = Vec::new();
-            while let Some(chunk) = s.read_response_body().await? {
-                if body.len() + chunk.len() > CATALOG_MAX_PAGE_BYTES {
-                    return Err(Error::explain(
-                        ErrorType::InvalidHTTPHeader,
-                        "catalog page too large",
-                    ));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            connector
-                .release_http_session(s, &*peer, Some(Duration::from_secs(60)))
-                .await;
-            if status != 200 {
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    format!("the upstream answered the catalog with {status}"),
-                ));
-            }
-            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-                Error::because(
-                    ErrorType::InvalidHTTPHeader,
-                    "catalog answer is not JSON",
-                    e,
-                )
-            })?;
-            let page: Vec<String> = v
-                .get("repositories")
-                .and_then(|r| r.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let done = !more || page.is_empty();
-            last = page.last().cloned();
-            all.extend(page);
-            if done {
-                all.sort();
-                all.dedup();
-                return Ok(all);
-            }
-        }
-        Err(Error::explain(
-            ErrorType::InternalError,
-            "the upstream catalog has too many pages",
-        ))
-    }
-
-    /// Answers the request with the embedded registry-core, in this process: the request body
-    /// streams from pingora's session into the core's handler through a one-chunk channel, and
-    /// the answer streams back. Compared with proxying to the core over a Unix socket this
-    /// saves, per byte, the socket's two copies, pingora's body copy and a second HTTP stack.
-    async fn serve_embedded(
-        &self,
-        registry: &Registry,
-        session: &mut Session,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        let target = ctx.api.as_ref().map_or("/v2/", |a| a.target.as_str());
-        let request = core_request(session.req_header(), target)?;
-        if expects_continue(session.req_header()) {
-            session.write_continue_response().await?;
-        }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(1);
-        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-            .map_ok(http_body::Frame::data);
-        let request = request.map(|()| http_body_util::StreamBody::new(body).boxed());
-        let handler = registry_core::server::handle(registry, request);
-        tokio::pin!(handler);
-        // Pump the request body while the handler runs: a chunk is read only once the channel has
-        // room for it, and the handler is polled all the while. The pump owns the sender: when it
-        // ends, so does the body.
-        let downstream = &mut *session;
-        let pump = async move {
-            // An error means the handler dropped the body: it has its answer.
-            while let Ok(permit) = tx.reserve().await {
-                match downstream.read_request_body().await {
-                    Ok(Some(chunk)) => permit.send(Ok(chunk)),
-                    Ok(None) => break,
-                    Err(e) => {
-                        permit.send(Err(std::io::Error::other(e.to_string())));
-                        break;
-                    }
-                }
-            }
-            drop(tx);
-        };
-        let response = tokio::select! {
-            biased;
-            response = &mut handler => response,
-            () = pump => handler.await,
-        };
-        if !session.is_body_done() {
-            // The answer came before the whole body: the connection cannot carry another request.
-            session.set_keepalive(None);
-        }
-        let (parts, mut body) = response.into_parts();
-        let status = parts.status;
-        ctx.status = status.as_u16();
-        let mut header = ResponseHeader::from(parts);
-        let head = session.req_header().method == http::Method::HEAD;
-        frame(&mut header, &body, session.is_http2())?;
-        self.decorate(&mut header)?;
-        let end = head || body.is_end_stream();
-        session.write_response_header(Box::new(header), end).await?;
-        if end {
-            return Ok(());
-        }
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                // Mid-answer: the client must see a broken transfer, never a short success.
-                session.set_keepalive(None);
-                Error::because(ErrorType::InternalError, "reading from storage", e)
-            })?;
-            if let Ok(data) = frame.into_data() {
-                let end = body.is_end_stream();
-                session.write_response_body(Some(data), end).await?;
-                if end {
-                    return Ok(());
-                }
-            }
-        }
-        session.write_response_body(None, true).await
     }
 
     fn pick(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
