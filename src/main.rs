@@ -366,10 +366,10 @@ fn cert_coverage(config: &Config, problems: &mut Vec<String>, notes: &mut Vec<St
             "{}: does not cover the configured name(s) {}; clients using them will refuse it{}",
             config.cert.display(),
             missing.join(", "),
-            if leaf.from_edge_ca {
-                " (it was made by an older registry-edge that did not keep its CA key: `registry-edge cert --force` makes a new CA)"
-            } else {
-                ""
+            match (leaf.from_edge_ca, ours) {
+                (true, true) => " ([tls] self_signed is false, so it is not re-issued)",
+                (true, false) => " (it was made by an older registry-edge that did not keep its CA key: `registry-edge cert --force` makes a new CA)",
+                _ => "",
             }
         ));
     }

@@ -185,7 +185,8 @@ pub fn upkeep(
             if !uncovered.is_empty() {
                 let what = match origin {
                     Origin::User => "the certificate is not replaced because it is not ours",
-                    _ => "the certificate was made by an older registry-edge that did not keep its CA key: `registry-edge cert --force` makes a new CA, whose ca.crt clients must then be given",
+                    Origin::Ours => "it is not re-issued because [tls] self_signed is false",
+                    Origin::OursWithoutCaKey => "the certificate was made by an older registry-edge that did not keep its CA key: `registry-edge cert --force` makes a new CA, whose ca.crt clients must then be given",
                 };
                 tracing::warn!(
                     cert = %files.cert.display(),

@@ -438,17 +438,23 @@ pub fn ensure(
         });
     }
     let leaf = inspect(&files.cert)?;
-    let ca = if generate && leaf.from_edge_ca {
-        Ca::load(files)?.filter(|ca| ca.signed(&leaf))
+    // A CA key that does not load is reported, not fatal, when nothing is to be made with it.
+    let ca = if leaf.from_edge_ca {
+        match Ca::load(files) {
+            Ok(ca) => ca.filter(|ca| ca.signed(&leaf)),
+            Err(e) if generate => return Err(e),
+            Err(_) => None,
+        }
     } else {
         None
     };
-    let Some(ca) = ca else {
-        let origin = if leaf.from_edge_ca {
-            Origin::OursWithoutCaKey
-        } else {
-            Origin::User
-        };
+    let origin = match (&ca, leaf.from_edge_ca) {
+        (Some(_), _) => Origin::Ours,
+        (None, true) => Origin::OursWithoutCaKey,
+        (None, false) => Origin::User,
+    };
+    let (Some(ca), true) = (ca, generate) else {
+        // Not ours to re-issue, or re-issuing is off (`self_signed = false`).
         return Ok(Outcome::Kept {
             origin,
             uncovered: leaf.uncovered(&wanted.configured),
@@ -593,6 +599,34 @@ mod tests {
         let o = issue(&f, &wanted(&["c.example"]), true, now).unwrap();
         assert!(matches!(o, Outcome::Issued { new_ca: true, .. }));
         assert_ne!(std::fs::read(&f.ca).unwrap(), ca_before);
+    }
+
+    #[test]
+    fn with_self_signed_off_our_certificate_is_named_not_reissued() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        ensure(&f, &wanted(&["a.example"]), true, SystemTime::now()).unwrap();
+        let before = std::fs::read(&f.cert).unwrap();
+        let o = ensure(
+            &f,
+            &wanted(&["a.example", "b.example"]),
+            false,
+            SystemTime::now(),
+        )
+        .unwrap();
+        assert_eq!(
+            o,
+            Outcome::Kept {
+                origin: Origin::Ours,
+                uncovered: vec!["b.example".into()],
+                not_after: inspect(&f.cert).unwrap().not_after,
+                ca_expiring: false,
+            }
+        );
+        assert_eq!(std::fs::read(&f.cert).unwrap(), before);
+        // And nothing is made when there is nothing, either.
+        let empty = files(&dir.path().join("none"));
+        assert!(ensure(&empty, &wanted(&[]), false, SystemTime::now()).is_err());
     }
 
     #[test]
