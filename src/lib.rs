@@ -208,9 +208,6 @@ impl BackgroundService for MetricsService {
     }
 }
 
-/// How long a new process started with `--upgrade` waits for the old one's sockets.
-const UPGRADE_WAIT_SECS: usize = 60;
-
 /// Runs the edge until `args.shutdown_signal` fires (SIGTERM by default): every file is checked
 /// before anything listens, then pingora serves until shutdown. On a graceful terminate the
 /// requests in flight drain when `args` is [`Signals`], as the binary runs it. With `upgrade`,
@@ -240,7 +237,7 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
         graceful_shutdown_timeout_seconds: Some(5),
         upgrade_sock: config.upgrade_socket.to_string_lossy().into_owned(),
         // A second per try: the operator has this long to send SIGQUIT to the old process.
-        upgrade_sock_connect_accept_max_retries: Some(UPGRADE_WAIT_SECS),
+        upgrade_sock_connect_accept_max_retries: Some(lifecycle::UPGRADE_WAIT.as_secs() as usize),
         ..ServerConf::default()
     };
     let opt = pingora::server::configuration::Opt {
@@ -250,7 +247,7 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
     if upgrade {
         tracing::info!(
             socket = %config.upgrade_socket.display(),
-            wait_s = UPGRADE_WAIT_SECS,
+            wait_s = lifecycle::UPGRADE_WAIT.as_secs(),
             "upgrade: waiting for the running edge's listening sockets; send it SIGQUIT"
         );
     }

@@ -28,11 +28,21 @@ pub struct Signals {
     pub upgrade_socket: std::path::PathBuf,
 }
 
+/// How long a new process started with `--upgrade` waits for the sockets before it gives up.
+pub const UPGRADE_WAIT: Duration = Duration::from_secs(60);
+
 /// Whether a new process is waiting for the listening sockets: its socket exists (the process
-/// that received them removes it). Connecting to look would take the new process's one accept.
+/// that received them removes it) and is younger than the wait (one that gave up leaves its
+/// socket behind). Connecting to look would take the new process's one accept.
 fn upgrade_waiting(path: &std::path::Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
+    std::fs::metadata(path).is_ok_and(|m| {
+        m.file_type().is_socket()
+            && m.modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < UPGRADE_WAIT)
+    })
 }
 
 #[async_trait]

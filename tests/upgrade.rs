@@ -1,7 +1,8 @@
 //! Zero-downtime binary upgrade: a second edge started with `run --upgrade` takes the listening
 //! sockets over when the first gets SIGQUIT, while clients hammer the registry. No request
 //! fails, a download in flight completes from the old process, and the old process exits once
-//! its connections are done. A SIGQUIT with no new process waiting is refused, not obeyed.
+//! its connections are done. A SIGQUIT with no new process waiting (no socket, or a stale one)
+//! is refused, not obeyed.
 
 mod common;
 
@@ -87,6 +88,20 @@ async fn binary_upgrade_under_load_loses_no_request() {
         edge.log_text().contains("SIGQUIT ignored")
     })
     .await;
+    // So is one when the socket left behind by a new process that gave up waiting is stale.
+    let stale = edge.path("upgrade.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    common::run(
+        Command::new("touch")
+            .args(["-d", "2 minutes ago"])
+            .arg(&stale),
+    );
+    common::run(Command::new("kill").args(["-QUIT", &edge.pid().to_string()]));
+    common::eventually(5, "the second refusal is logged", async || {
+        edge.log_text().matches("SIGQUIT ignored").count() == 2
+    })
+    .await;
+    std::fs::remove_file(&stale).unwrap();
     let r = c
         .get(format!("{}/v2/", edge.url()))
         .header("authorization", &auth)
