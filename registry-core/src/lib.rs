@@ -11,8 +11,8 @@
 //!   by [`hash`] after each chunk), so any process can finish an upload without re-reading it.
 //! - [`manifest`]: manifest validation, media types, referrer descriptors.
 //! - [`gc`]: mark and sweep with a grace period, safe while serving.
-//! - [`storage`]: the storage trait, Distribution's path [`storage::layout`] and the filesystem
-//!   backend.
+//! - [`storage`]: the storage trait, Distribution's path [`storage::layout`], the filesystem
+//!   backend, and the request counter around any backend.
 //! - [`name`], [`digest`]: validated protocol newtypes; nothing unvalidated reaches a path.
 //! - [`metrics`]: `regcore_*` Prometheus metrics in the default registry (served by the binary on
 //!   its own address, and by the edge when it embeds the core).
@@ -43,7 +43,7 @@ pub use server::{serve, Listener};
 pub fn open(config: &Config) -> std::io::Result<Arc<Registry>> {
     let storage = storage::FsStorage::open(&config.root)?;
     Ok(Arc::new(Registry::new(
-        Arc::new(storage),
+        Arc::new(storage::Counted::new(Arc::new(storage))),
         Options {
             delete_enabled: config.delete_enabled,
             max_manifest_bytes: config.max_manifest_bytes,

@@ -73,6 +73,20 @@ static STORAGE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static STORAGE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "regcore_storage_requests_total",
+        "Requests to the storage backend, by kind: get, put, stat, read, list, delete, write (a streamed write opened), rename.",
+        &["op"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts one storage request of kind `op` (a fixed set: see the metric's help).
+pub fn storage_request(op: &'static str) {
+    STORAGE_REQUESTS.with_label_values(&[op]).inc();
+}
+
 static GC_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "regcore_gc_runs_total",
@@ -137,6 +151,7 @@ pub fn init() {
     LazyLock::force(&UPLOADS_IN_PROGRESS);
     LazyLock::force(&UPLOAD_OUTCOMES);
     LazyLock::force(&STORAGE_ERRORS);
+    LazyLock::force(&STORAGE_REQUESTS);
     LazyLock::force(&GC_RUNS);
     LazyLock::force(&GC_FREED);
     LazyLock::force(&GC_REMOVED);

@@ -470,3 +470,65 @@ async fn an_upload_distribution_started_is_finished_here_from_its_hash_state() {
         Some(1.0)
     );
 }
+
+/// Storage requests per operation, from `regcore_storage_requests_total` (each is a round trip
+/// on an object store): a manifest HEAD by tag, a blob HEAD, and a whole skopeo push. The
+/// bounds are today's counts, so a change that adds round trips shows here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_requests_per_operation() {
+    assert!(have("skopeo"), "skopeo is needed");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let core = BinServer::spawn(&root, &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics_url = format!("http://{}/metrics", core.metrics_addr.as_ref().unwrap());
+    let total = async || -> (f64, String) {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let per_op: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("regcore_storage_requests_total{"))
+            .map(str::to_owned)
+            .collect();
+        let n = per_op
+            .iter()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (n, per_op.join("\n"))
+    };
+    let img = dir.path().join("img");
+    let layers = make_oci_layout(&img, "v1", &[1 << 20, 3000]);
+    let before = total().await.0;
+    let tool = tokio::task::spawn_blocking({
+        let (img, addr) = (img.clone(), core.addr.clone());
+        move || push_layout(&img, "v1", &format!("{addr}/counted/app:v1"))
+    });
+    tool.await.unwrap();
+    let (after_push, ops) = total().await;
+    let push = after_push - before;
+    let c = reqwest::Client::new();
+    let r = c
+        .head(format!("{}/v2/counted/app/manifests/v1", core.url()))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let head_manifest = total().await.0 - after_push;
+    let r = c
+        .head(format!("{}/v2/counted/app/blobs/{}", core.url(), layers[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let head_blob = total().await.0 - after_push - head_manifest;
+    eprintln!(
+        "storage requests: manifest HEAD by tag {head_manifest}, blob HEAD {head_blob}, push of 2 layers + config + manifest {push}\n{ops}"
+    );
+    assert!((1.0..=3.0).contains(&head_manifest), "{head_manifest}");
+    assert!((1.0..=2.0).contains(&head_blob), "{head_blob}");
+    assert!((10.0..=60.0).contains(&push), "{push}\n{ops}");
+}

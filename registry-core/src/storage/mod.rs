@@ -6,6 +6,7 @@
 //! deletion of a prefix, and `rename` that makes the destination appear whole (copy + delete on an
 //! object store). Nothing above it relies on POSIX append or rename.
 
+pub mod counted;
 pub mod fs;
 pub mod layout;
 
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use crate::error::StorageError;
+pub use counted::Counted;
 pub use fs::FsStorage;
 
 /// A stream of an object's bytes.
