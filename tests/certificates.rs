@@ -94,7 +94,10 @@ async fn sighup_reads_new_hosts_and_reissues() {
     })
     .await;
     assert_eq!(edge.ca_pem(), first_ca);
-    assert!(edge.log_text().contains("tls.hosts changed"));
+    eventually(5, "the new hosts are logged", async || {
+        edge.log_text().contains("tls.hosts changed")
+    })
+    .await;
 }
 
 #[test]

@@ -212,7 +212,10 @@ async fn binary_upgrade_under_load_loses_no_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
-    assert!(edge.log_text().contains("drained after the upgrade"));
+    common::eventually(5, "the old process said it drained", async || {
+        edge.log_text().contains("drained after the upgrade")
+    })
+    .await;
     let before_stop = ok.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
