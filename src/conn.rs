@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,6 +43,37 @@ pub static DRAINING: AtomicBool = AtomicBool::new(false);
 /// Set when the listening sockets went to a new process (a binary upgrade): connections this
 /// process already accepted are still served, but each ends after its current request.
 pub static HANDED_OVER: AtomicBool = AtomicBool::new(false);
+
+/// HTTP/1 connections accepted whose first request header has not arrived yet. Shutting the
+/// HTTP layer down drops connections that wait for a request, which is right for idle
+/// keep-alive ones but not for a connection accepted a moment ago for a request: [`Guard`]'s
+/// cleanup waits for these first (see [`crate::lifecycle`]).
+static AWAITING_FIRST: AtomicUsize = AtomicUsize::new(0);
+
+/// How long the HTTP layer's shutdown waits for connections to reach their first request.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// One connection counted in [`AWAITING_FIRST`] until dropped or handed to its [`Guarded`].
+struct AwaitingFirst;
+
+impl AwaitingFirst {
+    fn new() -> AwaitingFirst {
+        AWAITING_FIRST.fetch_add(1, Ordering::AcqRel);
+        AwaitingFirst
+    }
+
+    /// Moves the count into `g`, which ends it at its first header or when dropped.
+    fn hand_to(self, g: &Guarded) {
+        g.awaiting_first.store(true, Ordering::Release);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for AwaitingFirst {
+    fn drop(&mut self) {
+        AWAITING_FIRST.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Whether the request being answered is its connection's last.
 pub fn last_request() -> bool {
@@ -156,6 +187,8 @@ pub struct Guarded {
     deadline: Option<Deadline>,
     _permit: Option<Permit>,
     oversize: Oversize,
+    /// Counted in [`AWAITING_FIRST`] until its first request header is complete.
+    awaiting_first: AtomicBool,
 }
 
 /// A header block over pingora's limit: pingora answers a bare 400, which the stream turns into
@@ -183,6 +216,12 @@ fn header_too_large_answer() -> Vec<u8> {
     out
 }
 
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.first_request_arrived();
+    }
+}
+
 impl std::fmt::Debug for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guarded")
@@ -198,6 +237,7 @@ impl Guarded {
             deadline: None,
             _permit: None,
             oversize: Oversize::No,
+            awaiting_first: AtomicBool::new(false),
         }
     }
 
@@ -219,6 +259,13 @@ impl Guarded {
             deadline,
             _permit: Some(permit),
             oversize: Oversize::No,
+            awaiting_first: AtomicBool::new(false),
+        }
+    }
+
+    fn first_request_arrived(&self) {
+        if self.awaiting_first.swap(false, Ordering::AcqRel) {
+            AWAITING_FIRST.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -239,6 +286,7 @@ fn guarded(session: &ServerSession) -> Option<&Guarded> {
 pub fn header_done(session: &ServerSession) {
     if let Some(g) = guarded(session) {
         g.set_armed(false);
+        g.first_request_arrived();
     }
 }
 
@@ -578,6 +626,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
                 .inc();
             return None;
         }
+        let awaiting = AwaitingFirst::new();
         // An untrusted client is counted before anything is read from it.
         let counted = match peer {
             Some(p) if self.trusted.contains(p) => None,
@@ -599,14 +648,31 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
         // HTTP/2 frames its own requests; the header deadline is for HTTP/1's.
         let limit =
             (stream.selected_alpn_proto() != Some(ALPN::H2)).then_some(self.limits.header_timeout);
-        let mut stream: Stream = Box::new(Guarded::new(stream, limit, permit));
+        let guarded = Guarded::new(stream, limit, permit);
+        if limit.is_some() {
+            awaiting.hand_to(&guarded);
+        } else {
+            // HTTP/2 ends a connection with GOAWAY, which tells the client what was not served.
+            drop(awaiting);
+        }
+        let mut stream: Stream = Box::new(guarded);
         // Every request on this connection is served here (the permit lives as long as it).
         loop {
             stream = self.app.process_new(stream, shutdown).await?;
         }
     }
 
+    /// The HTTP layer's shutdown, after the listener stopped accepting. Connections accepted
+    /// just before are let reach their first request (for up to a second), which the shutdown
+    /// would otherwise drop unanswered: in a binary upgrade their clients never reach the new
+    /// process.
     async fn cleanup(&self) {
+        // A client that has just connected sends its request at once; one that does not within
+        // this bound is treated as idle.
+        let deadline = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+        while AWAITING_FIRST.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.app.cleanup().await
     }
 }

@@ -171,15 +171,15 @@ async fn binary_upgrade_under_load_loses_no_request() {
         tokio::spawn(async move {
             let mut s = r.bytes_stream();
             let mut h = <sha2::Sha256 as sha2::Digest>::new();
-            let mut n = 0usize;
             while let Some(chunk) = s.next().await {
                 let chunk = chunk.unwrap();
-                n += chunk.len();
                 sha2::Digest::update(&mut h, &chunk);
-                // About 4 s in all: it spans the switch.
-                if n < 60 << 20 {
-                    tokio::time::sleep(Duration::from_millis(4)).await;
-                }
+                // Paced to about 3 s in all, whatever the chunk sizes: it spans the switch
+                // and ends well within the old process's drain.
+                tokio::time::sleep(Duration::from_micros(
+                    chunk.len() as u64 * 3_000_000 / (64 << 20),
+                ))
+                .await;
             }
             format!("sha256:{}", hex::encode(sha2::Digest::finalize(h)))
         })
@@ -212,10 +212,21 @@ async fn binary_upgrade_under_load_loses_no_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
-    common::eventually(5, "the old process said it drained", async || {
-        edge.log_text().contains("drained after the upgrade")
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !edge.log_text().contains("drained after the upgrade") {
+        assert!(
+            Instant::now() < deadline,
+            "the old process did not say it drained:\n{}",
+            edge.log_text()
+                .lines()
+                .rev()
+                .filter(|l| !l.contains("pingora_core::server: "))
+                .take(8)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let before_stop = ok.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
