@@ -34,6 +34,12 @@ pub const REGISTRY_COMPAT: &[(&str, &str, &str)] = &[
         "storage",
         "root",
     ),
+    ("REGISTRY_STORAGE", "storage", "driver"),
+    (
+        "REGISTRY_STORAGE_REDIRECT_DISABLE",
+        "storage",
+        "s3.redirect_disable",
+    ),
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,16 +211,20 @@ impl Default for UpstreamSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct StorageSection {
+    driver: String,
     root: PathBuf,
     delete_enabled: bool,
     upload_purge_age: String,
     gc_grace: String,
     gc_interval: String,
+    s3: Option<registry_core::config::S3File>,
 }
 
 impl Default for StorageSection {
     fn default() -> Self {
         StorageSection {
+            driver: String::new(),
+            s3: None,
             root: "data".into(),
             delete_enabled: true,
             upload_purge_age: "168h".into(),
@@ -436,6 +446,11 @@ impl Config {
         // data goes or who may do what, otherwise warned about at start.
         let mut honoured: Vec<&str> = REGISTRY_COMPAT.iter().map(|(n, _, _)| *n).collect();
         honoured.push("REGISTRY_AUTH");
+        honoured.extend(
+            registry_core::config::REGISTRY_S3_ENV
+                .iter()
+                .map(|(n, _)| *n),
+        );
         let mut ignored_env = Vec::new();
         let pairs = env
             .iter()
@@ -472,7 +487,16 @@ impl Config {
             }
             overridden.push(name.clone());
         }
-        for (name, section, key) in REGISTRY_COMPAT {
+        // registry:2's S3 variables set keys of `[storage.s3]`.
+        let s3_keys: Vec<(&str, String)> = registry_core::config::REGISTRY_S3_ENV
+            .iter()
+            .map(|(n, k)| (*n, format!("s3.{k}")))
+            .collect();
+        let compat = REGISTRY_COMPAT
+            .iter()
+            .map(|(n, s, k)| (*n, *s, (*k).to_owned()))
+            .chain(s3_keys.into_iter().map(|(n, k)| (n, "storage", k)));
+        for (name, section, key) in compat {
             let edge_name = format!("{ENV_PREFIX}{}_{}", section, key).to_ascii_uppercase();
             let Some((_, raw)) = env.iter().find(|(k, _)| k == name) else {
                 continue;
@@ -480,21 +504,41 @@ impl Config {
             if env.iter().any(|(k, _)| *k == edge_name) {
                 continue;
             }
-            let value = if *key == "listen" && raw.starts_with(':') {
+            let (key, value) = if key == "listen" && raw.starts_with(':') {
                 // registry:2 accepts ":5000" for all interfaces.
-                toml::Value::String(format!("0.0.0.0{raw}"))
-            } else if *key == "delete_enabled" {
-                env_value(raw)
+                (key, toml::Value::String(format!("0.0.0.0{raw}")))
+            } else if key == "delete_enabled" {
+                (key, env_value(raw))
+            } else if key == "s3.redirect_disable" {
+                // Redirects are off unless `[storage.s3] redirect = true`.
+                let off = raw.trim().eq_ignore_ascii_case("true");
+                ("s3.redirect".to_owned(), toml::Value::Boolean(!off))
+            } else if let Some(k) = key.strip_prefix("s3.") {
+                let v = registry_core::config::s3_env_value(k, raw);
+                (key, v)
             } else {
-                toml::Value::String(raw.clone())
+                (key, toml::Value::String(raw.clone()))
             };
             if let toml::Value::Table(t) = table
-                .entry(*section)
+                .entry(section)
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
             {
-                t.insert((*key).to_owned(), value);
+                // `s3.bucket` is key `bucket` of table `s3`.
+                match key.split_once('.') {
+                    Some((sub, k)) => {
+                        if let toml::Value::Table(sub) = t
+                            .entry(sub)
+                            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                        {
+                            sub.insert(k.to_owned(), value);
+                        }
+                    }
+                    None => {
+                        t.insert(key, value);
+                    }
+                }
             }
-            overridden.push((*name).to_owned());
+            overridden.push(name.to_owned());
         }
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
@@ -678,6 +722,20 @@ impl Config {
             let mut core = registry_core::Config {
                 root: f.storage.root.clone(),
                 delete_enabled: f.storage.delete_enabled,
+                // No driver named: S3 when `[storage.s3]` is there, else the filesystem.
+                storage: registry_core::config::storage_driver(
+                    Some(f.storage.driver.as_str())
+                        .filter(|d| !d.is_empty())
+                        .or(f.storage.s3.as_ref().map(|_| "s3")),
+                    f.storage.s3.as_ref(),
+                    origin,
+                )
+                .map_err(|e| match e {
+                    registry_core::config::ConfigError::Value { key, message, .. } => {
+                        bad(&format!("storage.{key}"), message)
+                    }
+                    e => bad("storage", e.to_string()),
+                })?,
                 ..Default::default()
             };
             core.upload_purge_age =

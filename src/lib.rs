@@ -43,7 +43,6 @@ pub mod reload;
 pub mod request;
 pub mod tls;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,12 +75,30 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open storage at {path}: {source}")]
+    #[error("cannot use storage {what}: {source}")]
     Storage {
-        path: PathBuf,
+        what: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Whether the embedded registry's storage can be used (for S3: the endpoint answers, the
+/// bucket exists, the credentials are accepted), before anything listens. On a runtime of its
+/// own: the serving runtimes do not exist yet.
+pub fn check_storage(core: &registry_core::Config) -> Result<(), StartError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StartError::Storage {
+            what: registry_core::describe_storage(core),
+            source,
+        })?;
+    rt.block_on(registry_core::check(core))
+        .map_err(|source| StartError::Storage {
+            what: registry_core::describe_storage(core),
+            source,
+        })
 }
 
 /// What `prepare` made ready: the certificate and the users.
@@ -221,6 +238,9 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
         "open-files limit"
     );
     let prepared = prepare(&config)?;
+    if let Upstream::Embedded(core) = &config.upstream {
+        check_storage(core)?;
+    }
     let listen_err = |addr: &str| {
         let addr = addr.to_owned();
         move |source| StartError::Listen { addr, source }
@@ -265,12 +285,13 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
 
     let upstreams = match &config.upstream {
         Upstream::Embedded(core_config) => {
+            let what = registry_core::describe_storage(core_config);
             let registry =
                 registry_core::open(core_config).map_err(|source| StartError::Storage {
-                    path: core_config.root.clone(),
+                    what: what.clone(),
                     source,
                 })?;
-            tracing::info!(root = %core_config.root.display(), delete = core_config.delete_enabled, "embedded registry-core");
+            tracing::info!(storage = %what, delete = core_config.delete_enabled, "embedded registry-core");
             let core = CoreService {
                 config: core_config.clone(),
                 registry: registry.clone(),
@@ -377,7 +398,10 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
         tracing::warn!(setting = %name, "registry:2 setting not supported by registry-edge: ignored");
     }
     let upstream = match &config.upstream {
-        Upstream::Embedded(c) => format!("embedded registry-core, storage {}", c.root.display()),
+        Upstream::Embedded(c) => format!(
+            "embedded registry-core, storage {}",
+            registry_core::describe_storage(c)
+        ),
         Upstream::Urls(urls) => urls
             .iter()
             .map(|u| format!("{}://{}", if u.tls { "https" } else { "http" }, u.addr))

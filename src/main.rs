@@ -188,8 +188,12 @@ fn gc(config: &Config, dry_run: bool, grace: Option<&str>) -> Result<(), String>
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async {
-        let registry = registry_core::open(core)
-            .map_err(|e| format!("cannot open storage at {}: {e}", core.root.display()))?;
+        let what = registry_core::describe_storage(core);
+        registry_core::check(core)
+            .await
+            .map_err(|e| format!("cannot use storage {what}: {e}"))?;
+        let registry =
+            registry_core::open(core).map_err(|e| format!("cannot use storage {what}: {e}"))?;
         let report = registry_core::gc::collect(&registry, grace, dry_run)
             .await
             .map_err(|e| e.to_string())?;
@@ -420,6 +424,13 @@ fn check(path: &Path, config: &Config) -> ExitCode {
     } else {
         match registry_edge::auth::Htpasswd::load(&config.htpasswd) {
             Ok(u) => notes.push(format!("{}: {} users", config.htpasswd.display(), u.len())),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if let registry_edge::config::Upstream::Embedded(core) = &config.upstream {
+        let what = registry_core::describe_storage(core);
+        match registry_edge::check_storage(core) {
+            Ok(()) => notes.push(format!("storage {what}: usable")),
             Err(e) => problems.push(e.to_string()),
         }
     }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::storage::s3::{self, S3Settings, Secret};
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5001";
 pub const DEFAULT_ROOT: &str = "./data";
 pub const DEFAULT_UPLOAD_PURGE_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -26,6 +28,254 @@ pub struct FileConfig {
     pub upload_purge_interval: Option<String>,
     pub gc_grace: Option<String>,
     pub gc_interval: Option<String>,
+    /// `filesystem` (the default, under `root`) or `s3` (the `[s3]` table).
+    pub driver: Option<String>,
+    pub s3: Option<S3File>,
+}
+
+/// The S3 settings as written (`[s3]` here, `[storage.s3]` in the edge's file). Sizes are
+/// bytes, or strings with a unit (`"16MiB"`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3File {
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub root: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub session_token: Option<String>,
+    pub profile: Option<String>,
+    /// registry:2's `secure`: https for an endpoint given without a scheme (default true).
+    pub secure: Option<bool>,
+    pub skip_verify: Option<bool>,
+    pub part_size: Option<Size>,
+    pub copy_threshold: Option<Size>,
+    pub copy_part_size: Option<Size>,
+    pub redirect: Option<bool>,
+    pub max_retries: Option<usize>,
+    pub retry_timeout: Option<String>,
+}
+
+/// A byte count: a number, or a string with a unit (B, KiB, MiB, GiB, KB, MB, GB).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(t) => parse_size(t),
+        }
+    }
+}
+
+/// `"16MiB"`, `"5 GB"`, `"1048576"`.
+pub fn parse_size(t: &str) -> Result<u64, String> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{t:?} is not a size like 16777216 or \"16MiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        u => {
+            return Err(format!(
+                "{t:?}: unknown unit {u:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{t:?} is too large"))
+}
+
+/// Where images are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StorageDriver {
+    /// Distribution's filesystem layout under [`Config::root`].
+    #[default]
+    Filesystem,
+    S3(Box<S3Settings>),
+}
+
+impl S3File {
+    /// Validates the settings as written; errors name keys as `s3.<key>`.
+    pub fn settings(&self, origin: &str) -> Result<S3Settings, ConfigError> {
+        let bad = |key: &'static str, message: String| ConfigError::Value {
+            origin: origin.into(),
+            key,
+            message,
+        };
+        let mut s = S3Settings {
+            bucket: self.bucket.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        if s.bucket.len() < 3 {
+            return Err(bad(
+                "s3.bucket",
+                "a bucket name (3 characters or more) is required".into(),
+            ));
+        }
+        if let Some(r) = &self.region {
+            s.region = r.clone();
+        }
+        if let Some(e) = self.endpoint.as_ref().filter(|e| !e.is_empty()) {
+            s.endpoint = Some(if e.contains("://") {
+                e.clone()
+            } else if self.secure.unwrap_or(true) {
+                format!("https://{e}")
+            } else {
+                format!("http://{e}")
+            });
+        }
+        s.force_path_style = self.force_path_style;
+        s.root = self
+            .root
+            .clone()
+            .unwrap_or_default()
+            .trim_matches('/')
+            .to_owned();
+        s.access_key = self.access_key.clone().filter(|k| !k.is_empty());
+        s.secret_key = self
+            .secret_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .map(Secret);
+        s.session_token = self
+            .session_token
+            .clone()
+            .filter(|k| !k.is_empty())
+            .map(Secret);
+        s.profile = self.profile.clone().filter(|k| !k.is_empty());
+        s.skip_verify = self.skip_verify.unwrap_or(false);
+        if let Some(p) = &self.part_size {
+            s.part_size = p.bytes().map_err(|m| bad("s3.part_size", m))?;
+            if s.part_size < s3::MIN_PART || s.part_size > s3::MAX_SINGLE_COPY {
+                return Err(bad(
+                    "s3.part_size",
+                    format!(
+                        "{} bytes is outside S3's part sizes (5 MiB to 5 GiB)",
+                        s.part_size
+                    ),
+                ));
+            }
+        }
+        if let Some(p) = &self.copy_threshold {
+            s.copy_threshold = p.bytes().map_err(|m| bad("s3.copy_threshold", m))?;
+            if s.copy_threshold > s3::MAX_SINGLE_COPY {
+                return Err(bad(
+                    "s3.copy_threshold",
+                    "S3 copies at most 5 GiB in one request".into(),
+                ));
+            }
+        }
+        if let Some(p) = &self.copy_part_size {
+            s.copy_part_size = p.bytes().map_err(|m| bad("s3.copy_part_size", m))?;
+            if s.copy_part_size < s3::MIN_PART || s.copy_part_size > s3::MAX_SINGLE_COPY {
+                return Err(bad(
+                    "s3.copy_part_size",
+                    "must be between 5 MiB and 5 GiB".into(),
+                ));
+            }
+        }
+        s.redirect = self.redirect.unwrap_or(false);
+        if let Some(n) = self.max_retries {
+            s.max_retries = n;
+        }
+        if let Some(t) = &self.retry_timeout {
+            s.retry_timeout = duration(origin, "s3.retry_timeout", t)?;
+        }
+        Ok(s)
+    }
+}
+
+/// The driver named by `driver` (with `s3` for an S3 one).
+pub fn storage_driver(
+    driver: Option<&str>,
+    s3: Option<&S3File>,
+    origin: &str,
+) -> Result<StorageDriver, ConfigError> {
+    match driver.map(|d| d.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("filesystem") => Ok(StorageDriver::Filesystem),
+        Some("s3") => Ok(StorageDriver::S3(Box::new(
+            s3.cloned().unwrap_or_default().settings(origin)?,
+        ))),
+        Some(d) => Err(ConfigError::Value {
+            origin: origin.into(),
+            key: "driver",
+            message: format!("{d:?}: the drivers are \"filesystem\" and \"s3\""),
+        }),
+    }
+}
+
+/// registry:2's S3 variables and the [`S3File`] key each sets.
+pub const REGISTRY_S3_ENV: &[(&str, &str)] = &[
+    ("REGISTRY_STORAGE_S3_ACCESSKEY", "access_key"),
+    ("REGISTRY_STORAGE_S3_SECRETKEY", "secret_key"),
+    ("REGISTRY_STORAGE_S3_SESSIONTOKEN", "session_token"),
+    ("REGISTRY_STORAGE_S3_BUCKET", "bucket"),
+    ("REGISTRY_STORAGE_S3_REGION", "region"),
+    ("REGISTRY_STORAGE_S3_REGIONENDPOINT", "endpoint"),
+    ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "force_path_style"),
+    ("REGISTRY_STORAGE_S3_ROOTDIRECTORY", "root"),
+    ("REGISTRY_STORAGE_S3_SECURE", "secure"),
+    ("REGISTRY_STORAGE_S3_SKIPVERIFY", "skip_verify"),
+    ("REGISTRY_STORAGE_S3_CHUNKSIZE", "part_size"),
+    (
+        "REGISTRY_STORAGE_S3_MULTIPARTCOPYTHRESHOLDSIZE",
+        "copy_threshold",
+    ),
+    (
+        "REGISTRY_STORAGE_S3_MULTIPARTCOPYCHUNKSIZE",
+        "copy_part_size",
+    ),
+];
+
+/// The TOML value of a registry:2 S3 variable: booleans and numbers typed, the rest strings.
+pub fn s3_env_value(key: &str, raw: &str) -> toml::Value {
+    match key {
+        "force_path_style" | "secure" | "skip_verify" => match raw.trim() {
+            v if v.eq_ignore_ascii_case("true") => toml::Value::Boolean(true),
+            v if v.eq_ignore_ascii_case("false") => toml::Value::Boolean(false),
+            v => toml::Value::String(v.to_owned()),
+        },
+        "part_size" | "copy_threshold" | "copy_part_size" => match raw.trim().parse::<i64>() {
+            Ok(n) => toml::Value::Integer(n),
+            Err(_) => toml::Value::String(raw.trim().to_owned()),
+        },
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+impl FileConfig {
+    /// Reads a config file as written (not yet validated).
+    pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        Self::parse(&text, &p)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })
+    }
 }
 
 /// Validated configuration.
@@ -43,6 +293,7 @@ pub struct Config {
     pub gc_grace: Duration,
     /// Run garbage collection in the serving process this often; `None` (the default): never.
     pub gc_interval: Option<Duration>,
+    pub storage: StorageDriver,
 }
 
 impl Default for Config {
@@ -57,6 +308,7 @@ impl Default for Config {
             upload_purge_interval: DEFAULT_UPLOAD_PURGE_INTERVAL,
             gc_grace: DEFAULT_GC_GRACE,
             gc_interval: None,
+            storage: StorageDriver::Filesystem,
         }
     }
 }
@@ -103,12 +355,8 @@ impl Config {
 
     /// Parses TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.into(),
-            message: e.to_string(),
-        })?;
         let mut c = Config::default();
-        c.apply(file, origin)?;
+        c.apply(FileConfig::parse(text, origin)?, origin)?;
         Ok(c)
     }
 
@@ -166,7 +414,71 @@ impl Config {
                 message,
             })?;
         }
+        if f.driver.is_some() || f.s3.is_some() {
+            let driver = f.driver.as_deref().or(f.s3.as_ref().map(|_| "s3"));
+            self.storage = storage_driver(driver, f.s3.as_ref(), origin)?;
+        }
         Ok(())
+    }
+
+    /// Applies registry:2's storage variables (`REGISTRY_STORAGE=s3` and
+    /// `REGISTRY_STORAGE_S3_*`) over the `[s3]` table of `file`; returns the names used.
+    pub fn registry_storage_env<'a>(
+        file: &mut FileConfig,
+        env: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let mut table = toml::Table::new();
+        let mut used = Vec::new();
+        for (name, raw) in env {
+            if name == "REGISTRY_STORAGE" {
+                file.driver = Some(raw.trim().to_owned());
+                used.push(name.to_owned());
+            } else if let Some((_, key)) = REGISTRY_S3_ENV.iter().find(|(n, _)| *n == name) {
+                table.insert((*key).to_owned(), s3_env_value(key, raw));
+                used.push(name.to_owned());
+            }
+        }
+        if table.is_empty() {
+            return Ok(used);
+        }
+        let from_env: S3File =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: format!("environment ({})", used.join(", ")),
+                    message: e.message().to_owned(),
+                })?;
+        let s3 = file.s3.get_or_insert_with(S3File::default);
+        s3.overlay(from_env);
+        Ok(used)
+    }
+}
+
+impl S3File {
+    /// Takes every key `other` sets.
+    pub fn overlay(&mut self, other: S3File) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(
+            bucket,
+            region,
+            endpoint,
+            force_path_style,
+            root,
+            access_key,
+            secret_key,
+            session_token,
+            profile,
+            secure,
+            skip_verify,
+            part_size,
+            copy_threshold,
+            copy_part_size,
+            redirect,
+            max_retries,
+            retry_timeout
+        );
     }
 }
 
@@ -222,8 +534,16 @@ pub enum Unsupported {
 /// start with one of them set (and not honoured) is refused rather than run as something else.
 const REFUSED_PREFIXES: &[(&str, &str)] = &[
     (
+        "REGISTRY_STORAGE_S3_ENCRYPT",
+        "server-side encryption settings are not supported; objects would be stored unencrypted",
+    ),
+    (
+        "REGISTRY_STORAGE_S3_KEYID",
+        "server-side encryption settings are not supported; objects would be stored unencrypted",
+    ),
+    (
         "REGISTRY_STORAGE_S3",
-        "S3 storage is not supported yet; images would go to local disk",
+        "S3 storage is not configured by this variable here; images would go elsewhere",
     ),
     (
         "REGISTRY_STORAGE_AZURE",
@@ -294,8 +614,26 @@ pub fn check_registry_env<'a>(
         }
         let refused = match name {
             "REGISTRY_STORAGE" if value.trim().eq_ignore_ascii_case("filesystem") => continue,
+            "REGISTRY_STORAGE"
+                if honoured.contains(&"REGISTRY_STORAGE")
+                    && value.trim().eq_ignore_ascii_case("s3") =>
+            {
+                continue
+            }
             "REGISTRY_STORAGE" => {
-                Some("only filesystem storage is supported yet; images would go to local disk")
+                Some("only filesystem and s3 storage are supported; images would go elsewhere")
+            }
+            // Redirects are off unless configured: `disable=true` asks for what is done anyway.
+            "REGISTRY_STORAGE_REDIRECT_DISABLE" if value.trim().eq_ignore_ascii_case("true") => {
+                continue
+            }
+            // Tuning the S3 driver (storage class, dual stack, log level...): warned about.
+            _ if name.starts_with("REGISTRY_STORAGE_S3_")
+                && honoured.contains(&"REGISTRY_STORAGE")
+                && !name.starts_with("REGISTRY_STORAGE_S3_ENCRYPT")
+                && !name.starts_with("REGISTRY_STORAGE_S3_KEYID") =>
+            {
+                None
             }
             "REGISTRY_AUTH"
                 if honoured.contains(&"REGISTRY_AUTH")

@@ -17,6 +17,10 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// The store did not answer, or answered with a failure of its own (after retries): the
+    /// request may succeed later.
+    #[error("storage unavailable on {path}: {message}")]
+    Unavailable { path: String, message: String },
 }
 
 impl StorageError {
@@ -54,6 +58,8 @@ pub enum ErrorCode {
     PaginationNumberInvalid,
     RangeInvalid,
     Unknown,
+    /// Distribution's code for a backend that cannot serve now (503).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -76,6 +82,7 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::Unknown => "UNKNOWN",
+            ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }
 }
@@ -200,6 +207,14 @@ impl RegistryError {
 impl From<StorageError> for RegistryError {
     fn from(e: StorageError) -> Self {
         crate::metrics::storage_error();
-        RegistryError::internal(format!("storage error: {e}"))
+        match e {
+            StorageError::Unavailable { .. } => RegistryError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                format!("storage is unavailable, try again later: {e}"),
+            )
+            .with_header(http::header::RETRY_AFTER, "5"),
+            e => RegistryError::internal(format!("storage error: {e}")),
+        }
     }
 }

@@ -12,7 +12,7 @@
 //! - [`manifest`]: manifest validation, media types, referrer descriptors.
 //! - [`gc`]: mark and sweep with a grace period, safe while serving.
 //! - [`storage`]: the storage trait, Distribution's path [`storage::layout`], the filesystem
-//!   backend, and the request counter around any backend.
+//!   backend with its request counter, and the S3 backend ([`storage::s3`]).
 //! - [`name`], [`digest`]: validated protocol newtypes; nothing unvalidated reaches a path.
 //! - [`metrics`]: `regcore_*` Prometheus metrics in the default registry (served by the binary on
 //!   its own address, and by the edge when it embeds the core).
@@ -39,16 +39,57 @@ pub use config::Config;
 pub use registry::{Options, Registry};
 pub use server::{serve, Listener};
 
-/// Opens the storage of `config` and builds the registry on it.
+/// Opens the storage of `config` and builds the registry on it. Nothing goes over the network:
+/// [`check`] tells whether an object store answers.
 pub fn open(config: &Config) -> std::io::Result<Arc<Registry>> {
-    let storage = storage::FsStorage::open(&config.root)?;
+    let storage: Arc<dyn storage::Storage> = match &config.storage {
+        config::StorageDriver::Filesystem => Arc::new(storage::Counted::new(Arc::new(
+            storage::FsStorage::open(&config.root)?,
+        ))),
+        // Counted per HTTP request, by S3 operation, inside the backend.
+        config::StorageDriver::S3(s) => {
+            Arc::new(storage::S3Storage::new((**s).clone()).map_err(std::io::Error::other)?)
+        }
+    };
     Ok(Arc::new(Registry::new(
-        Arc::new(storage::Counted::new(Arc::new(storage))),
+        storage,
         Options {
             delete_enabled: config.delete_enabled,
             max_manifest_bytes: config.max_manifest_bytes,
         },
     )))
+}
+
+/// Whether the storage of `config` can be used: for S3, that the endpoint answers, the bucket
+/// exists and the credentials are accepted (an empty bucket is fine). The error names the
+/// setting to look at.
+pub async fn check(config: &Config) -> std::io::Result<()> {
+    match &config.storage {
+        config::StorageDriver::Filesystem => Ok(()),
+        config::StorageDriver::S3(s) => storage::S3Storage::new((**s).clone())
+            .map_err(std::io::Error::other)?
+            .check()
+            .await
+            .map_err(std::io::Error::other),
+    }
+}
+
+/// Where `config` stores images, for logs and messages (no secrets).
+pub fn describe_storage(config: &Config) -> String {
+    match &config.storage {
+        config::StorageDriver::Filesystem => config.root.display().to_string(),
+        config::StorageDriver::S3(s) => {
+            let root = if s.root.is_empty() {
+                String::new()
+            } else {
+                format!("/{}", s.root)
+            };
+            match &s.endpoint {
+                Some(e) => format!("s3://{}{root} at {e}", s.bucket),
+                None => format!("s3://{}{root} ({})", s.bucket, s.region),
+            }
+        }
+    }
 }
 
 /// Purges stale uploads every `config.upload_purge_interval` until dropped.
@@ -112,6 +153,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(&str),
 ) -> std::io::Result<()> {
+    check(&config).await?;
     let registry = open(&config)?;
     let listener = Listener::bind(&config.listen).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -137,7 +179,7 @@ pub async fn run(
         }
     };
     let addr = listener.describe();
-    tracing::info!(addr = %addr, root = %config.root.display(), delete = config.delete_enabled, "registry-core listening");
+    tracing::info!(addr = %addr, storage = %describe_storage(&config), delete = config.delete_enabled, "registry-core listening");
     ready(&addr);
     let mut rx = stop_rx;
     let res = serve(listener, registry, async move {

@@ -50,17 +50,25 @@ enum Command {
 /// registry:2 settings registry-core takes from the environment.
 const HONOURED_ENV: &[&str] = &[
     "REGISTRY_HTTP_ADDR",
+    "REGISTRY_STORAGE",
     "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
     "REGISTRY_STORAGE_DELETE_ENABLED",
+    "REGISTRY_STORAGE_REDIRECT_DISABLE",
 ];
 
 fn load(cli: &Cli) -> Result<Config, registry_core::config::ConfigError> {
     use registry_core::config::{check_registry_env, ConfigError, Unsupported};
     let env: Vec<(String, String)> = std::env::vars().collect();
-    for u in check_registry_env(
-        env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        HONOURED_ENV,
-    ) {
+    let honoured: Vec<&str> = HONOURED_ENV
+        .iter()
+        .copied()
+        .chain(
+            registry_core::config::REGISTRY_S3_ENV
+                .iter()
+                .map(|(n, _)| *n),
+        )
+        .collect();
+    for u in check_registry_env(env.iter().map(|(k, v)| (k.as_str(), v.as_str())), &honoured) {
         match u {
             Unsupported::Refused { name, why } => {
                 return Err(ConfigError::Unsupported { name, why });
@@ -70,10 +78,20 @@ fn load(cli: &Cli) -> Result<Config, registry_core::config::ConfigError> {
             }
         }
     }
-    let mut c = match &cli.config {
-        Some(p) => Config::from_file(p)?,
-        None => Config::default(),
+    // The file, then registry:2's storage variables over its `[s3]` table, then flags.
+    let (mut file, origin) = match &cli.config {
+        Some(p) => (FileConfig::read(p)?, p.display().to_string()),
+        None => (FileConfig::default(), "defaults".to_owned()),
     };
+    let used =
+        Config::registry_storage_env(&mut file, env.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let origin = if used.is_empty() {
+        origin
+    } else {
+        format!("{origin} with {}", used.join(", "))
+    };
+    let mut c = Config::default();
+    c.apply(file, &origin)?;
     c.apply(
         FileConfig {
             // registry:2 accepts ":5000" for every interface.
@@ -121,6 +139,7 @@ fn main() -> ExitCode {
                 registry_core::run(config, shutdown_signal(), |_| {}).await?;
             }
             Some(Command::Gc { dry_run, .. }) => {
+                registry_core::check(&config).await?;
                 let registry = registry_core::open(&config)?;
                 let report = registry_core::gc::collect(&registry, config.gc_grace, dry_run)
                     .await

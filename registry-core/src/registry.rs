@@ -45,6 +45,9 @@ struct UploadState {
     hash: Option<(u64, Hasher)>,
 }
 
+/// How long a blob redirect's pre-signed URL stays valid (as Distribution's, 20 minutes).
+const REDIRECT_VALIDITY: Duration = Duration::from_secs(20 * 60);
+
 /// A manifest as read back from storage.
 pub struct StoredManifest {
     pub digest: Digest,
@@ -125,6 +128,15 @@ impl Registry {
         }
     }
 
+    /// Whether anything is stored under `dir` (an object store has no directories to stat).
+    async fn dir_exists(&self, dir: &str) -> Result<bool, RegistryError> {
+        match self.storage.list(dir).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn exists(&self, path: &str) -> Result<bool, RegistryError> {
         match self.storage.stat(path).await {
             Ok(_) => Ok(true),
@@ -159,6 +171,15 @@ impl Registry {
             Err(e) if e.is_not_found() => Err(RegistryError::blob_unknown(digest)),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A pre-signed URL of the blob's bytes in the store, when the store is configured to
+    /// redirect blob GETs there (S3's `redirect`). The caller has checked the repository link.
+    pub async fn blob_redirect(&self, digest: &Digest) -> Result<Option<String>, RegistryError> {
+        Ok(self
+            .storage
+            .presign(&layout::blob_data(digest), REDIRECT_VALIDITY)
+            .await?)
     }
 
     /// Unlinks a blob from a repository; the data goes at the next garbage collection.
@@ -255,7 +276,11 @@ impl Registry {
 
     /// Bytes received so far by an upload.
     pub async fn upload_size(&self, name: &RepoName, id: &UploadId) -> Result<u64, RegistryError> {
-        match self.storage.stat(&layout::upload_data(name, id)).await {
+        match self
+            .storage
+            .stat_write(&layout::upload_data(name, id))
+            .await
+        {
             Ok(m) => Ok(m.size),
             Err(e) if e.is_not_found() => Err(RegistryError::upload_unknown()),
             Err(e) => Err(e.into()),
@@ -290,7 +315,16 @@ impl Registry {
         mut body: ByteStream,
     ) -> Result<u64, RegistryError> {
         let _in_progress = InProgress::new();
-        let current = self.upload_size(name, id).await?;
+        let mut writer = match self
+            .storage
+            .writer(&layout::upload_data(name, id), true)
+            .await
+        {
+            Ok(w) => w,
+            Err(e) if e.is_not_found() => return Err(RegistryError::upload_unknown()),
+            Err(e) => return Err(e.into()),
+        };
+        let current = writer.size();
         if let Some(r) = range {
             if r.start != current || r.end < r.start {
                 return Err(RegistryError::new(
@@ -313,10 +347,6 @@ impl Registry {
             _ if current == 0 => Some(Algorithm::Sha256.hasher()),
             _ => self.saved_hash(name, id, Algorithm::Sha256, current).await,
         };
-        let mut writer = self
-            .storage
-            .writer(&layout::upload_data(name, id), true)
-            .await?;
         let mut body_error = None;
         while let Some(chunk) = body.next().await {
             match chunk {
@@ -338,8 +368,9 @@ impl Registry {
         // Keep what arrived, even from an aborted body: the client can resume after it.
         let size = writer.commit().await?;
         if let Some(h) = hasher {
-            // Beside the data, so whichever process takes the next request has it.
-            if let Some(saved) = h.save() {
+            // Beside the data, so whichever process takes the next request has it (unless
+            // nothing arrived: the state saved for this size is still there).
+            if let Some(saved) = h.save().filter(|_| size != current) {
                 let key = layout::upload_hashstate(name, id, h.algorithm().as_str(), size);
                 if let Err(e) = self.storage.put(&key, Bytes::from(saved)).await {
                     tracing::warn!(error = %e, "upload hash state not saved; the digest will be computed from the data");
@@ -613,8 +644,8 @@ impl Registry {
                 Ok(tags)
             }
             Err(e) if e.is_not_found() => {
-                if self.exists(&layout::manifests_dir(name)).await?
-                    || self.exists(&layout::repo_dir(name)).await?
+                if self.dir_exists(&layout::manifests_dir(name)).await?
+                    || self.dir_exists(&layout::repo_dir(name)).await?
                 {
                     Ok(Vec::new())
                 } else {
@@ -717,7 +748,7 @@ impl Registry {
                 };
                 let data = self
                     .storage
-                    .stat(&layout::upload_data(&name, &id))
+                    .stat_write(&layout::upload_data(&name, &id))
                     .await
                     .ok();
                 let started = started
@@ -738,6 +769,18 @@ impl Registry {
                     purged += 1;
                 }
             }
+        }
+        // What the store itself keeps of writes never finished (S3 multipart uploads, whether
+        // this registry or Distribution started them).
+        let older_than = now.checked_sub(max_age).unwrap_or(SystemTime::UNIX_EPOCH);
+        match self
+            .storage
+            .purge_incomplete(&layout::repositories_root(), older_than)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(aborted = n, "aborted abandoned multipart uploads"),
+            Err(e) => tracing::warn!(error = %e, "could not list abandoned multipart uploads"),
         }
         Ok(purged)
     }

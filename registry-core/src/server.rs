@@ -623,6 +623,18 @@ async fn get_blob(
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
     let size = registry.blob_size(name, digest).await?;
+    if !head {
+        // With the store's redirect on, the bytes flow from the store (the client follows).
+        if let Some(url) = registry.blob_redirect(digest).await? {
+            return Ok(Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, url)
+                .header(CONTENT_DIGEST, digest.to_string())
+                .header(header::CONTENT_LENGTH, 0)
+                .body(empty())
+                .expect("well-formed"));
+        }
+    }
     let b = Response::builder()
         .header(CONTENT_DIGEST, digest.to_string())
         .header(header::ACCEPT_RANGES, "bytes")

@@ -184,11 +184,11 @@ async fn error_answers_are_framed_for_keep_alive() {
 #[test]
 fn registry2_settings_it_cannot_honour_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    // S3 would quietly become local disk; an htpasswd setting meant for registry-core (which does
-    // no auth) would quietly serve everyone.
+    // Azure would quietly become local disk, S3 encryption would quietly be off; an htpasswd
+    // setting meant for registry-core (which does no auth) would quietly serve everyone.
     for (k, v) in [
-        ("REGISTRY_STORAGE", "s3"),
-        ("REGISTRY_STORAGE_S3_BUCKET", "images"),
+        ("REGISTRY_STORAGE", "azure"),
+        ("REGISTRY_STORAGE_S3_ENCRYPT", "true"),
         ("REGISTRY_AUTH_HTPASSWD_PATH", "/auth/htpasswd"),
         ("REGISTRY_PROXY_REMOTEURL", "https://registry-1.docker.io"),
     ] {
@@ -208,4 +208,36 @@ fn registry2_settings_it_cannot_honour_stop_the_start() {
         assert_eq!(out.status.code(), Some(64), "{k}: {err}");
         assert!(err.contains(k) && err.contains("not supported"), "{err}");
     }
+}
+
+#[test]
+fn an_s3_configuration_without_a_bucket_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_registry-core"))
+        .current_dir(dir.path())
+        .env("REGISTRY_STORAGE", "s3")
+        .env("REGISTRY_STORAGE_S3_SECRETKEY", "do-not-print-me")
+        .env("REGISTRY_STORAGE_S3_CHUNKSIZE", "1MiB")
+        .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("s3.bucket"), "{err}");
+    assert!(!err.contains("do-not-print-me"), "{err}");
+    // A part size under S3's minimum is named too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_registry-core"))
+        .current_dir(dir.path())
+        .env("REGISTRY_STORAGE", "s3")
+        .env("REGISTRY_STORAGE_S3_BUCKET", "images")
+        .env("REGISTRY_STORAGE_S3_CHUNKSIZE", "1MiB")
+        .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("s3.part_size") && err.contains("REGISTRY_STORAGE_S3_CHUNKSIZE"),
+        "{err}"
+    );
 }

@@ -91,6 +91,17 @@ impl Edge {
         if opts.plain {
             cmd.env("REGISTRY_EDGE_TLS_ENABLED", "false");
         }
+        // In S3 mode (`REGCORE_TEST_STORAGE=s3`) the embedded registry stores in SeaweedFS,
+        // configured as a registry:2 compose file would (REGISTRY_STORAGE_S3_*).
+        let upstream = opts
+            .env
+            .iter()
+            .any(|(k, _)| k == "REGISTRY_EDGE_UPSTREAM_URLS");
+        if core::s3_mode() && !upstream {
+            for (k, v) in core::shared_seaweed().registry_env(&core::s3_root_for(dir.path())) {
+                cmd.env(k, v);
+            }
+        }
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }

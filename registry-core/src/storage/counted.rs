@@ -67,6 +67,27 @@ impl Storage for Counted {
         self.inner.writer(path, append).await
     }
 
+    async fn stat_write(&self, path: &str) -> Result<ObjectMeta, StorageError> {
+        storage_request("stat");
+        self.inner.stat_write(path).await
+    }
+
+    async fn purge_incomplete(
+        &self,
+        prefix: &str,
+        older_than: std::time::SystemTime,
+    ) -> Result<usize, StorageError> {
+        self.inner.purge_incomplete(prefix, older_than).await
+    }
+
+    async fn presign(
+        &self,
+        path: &str,
+        expires: std::time::Duration,
+    ) -> Result<Option<String>, StorageError> {
+        self.inner.presign(path, expires).await
+    }
+
     async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
         storage_request("rename");
         self.inner.rename(from, to).await

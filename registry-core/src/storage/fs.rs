@@ -220,14 +220,15 @@ impl Storage for FsStorage {
 
     async fn writer(&self, key: &str, append: bool) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let p = self.resolve(key)?;
-        let parent = p.parent().expect("resolved keys have a parent");
-        self.ensure_dir(parent).await?;
         let mut opts = tokio::fs::OpenOptions::new();
-        opts.write(true).create(true);
+        opts.write(true);
         if append {
+            // Continuing a write: the object must be there.
             opts.append(true);
         } else {
-            opts.truncate(true);
+            let parent = p.parent().expect("resolved keys have a parent");
+            self.ensure_dir(parent).await?;
+            opts.create(true).truncate(true);
         }
         let file = opts.open(&p).await.map_err(|e| StorageError::io(key, e))?;
         let size = file

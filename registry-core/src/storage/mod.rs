@@ -9,10 +9,11 @@
 pub mod counted;
 pub mod fs;
 pub mod layout;
+pub mod s3;
 
 use std::ops::Range;
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use futures_util::Stream;
 pub use crate::error::StorageError;
 pub use counted::Counted;
 pub use fs::FsStorage;
+pub use s3::{S3Settings, S3Storage};
 
 /// A stream of an object's bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
@@ -41,6 +43,11 @@ pub trait Storage: Send + Sync + 'static {
     /// content, never a mix, and after return it survives a crash.
     async fn put(&self, path: &str, data: Bytes) -> Result<(), StorageError>;
     async fn stat(&self, path: &str) -> Result<ObjectMeta, StorageError>;
+    /// What `stat` tells, for an object that may be a streamed write in progress (whose bytes
+    /// a backend may keep elsewhere until it is finished).
+    async fn stat_write(&self, path: &str) -> Result<ObjectMeta, StorageError> {
+        self.stat(path).await
+    }
     /// A stream of the object's bytes, or of `range` of them.
     async fn reader(
         &self,
@@ -53,11 +60,30 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes an object or everything under a prefix. Deleting nothing is not an error.
     async fn delete(&self, path: &str) -> Result<(), StorageError>;
     /// A writer for a resumable object: with `append`, writes continue after what a previous
-    /// writer committed. Data is durable once `commit` returns.
+    /// writer committed (and the object must exist: `NotFound` otherwise). Data is durable once
+    /// `commit` returns.
     async fn writer(&self, path: &str, append: bool)
         -> Result<Box<dyn ObjectWriter>, StorageError>;
     /// Moves an object so that it appears whole at `to` (replacing what was there).
     async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError>;
+    /// Abandons the store's own leftovers of streamed writes under `prefix` that were started
+    /// before `older_than` (multipart uploads on S3); returns how many. Nothing by default.
+    async fn purge_incomplete(
+        &self,
+        _prefix: &str,
+        _older_than: SystemTime,
+    ) -> Result<usize, StorageError> {
+        Ok(0)
+    }
+    /// A URL from which a client may GET the object directly for `expires`, when the backend
+    /// offers one and is configured to (S3's `redirect`).
+    async fn presign(
+        &self,
+        _path: &str,
+        _expires: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(None)
+    }
 }
 
 /// A streamed write in progress (see [`Storage::writer`]).

