@@ -25,3 +25,5 @@ RUN cargo build --release --locked --bins
 
 FROM runtime AS from-source
 COPY --from=build /src/target/release/registry-edge /src/target/release/registry-core /usr/local/bin/
+# The CA bundle, for an S3 store over https (the slim image has none).
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt

@@ -214,15 +214,18 @@ impl S3Storage {
                 b = b.with_token(t);
             }
         }
+        // The HTTP client loads the system's CA certificates even for http://: a machine or
+        // image without any (no ca-certificates package) fails here.
+        let no_roots = "(is a CA certificate bundle installed, e.g. Debian's ca-certificates?)";
         let store = b.build().map_err(|e| S3Error {
             setting: "endpoint",
-            message: format!("cannot configure the S3 client: {e}"),
+            message: format!("cannot configure the S3 client: {e} {no_roots}"),
         })?;
         let client = CountingConnector
             .connect(&client_options)
             .map_err(|e| S3Error {
                 setting: "endpoint",
-                message: format!("cannot configure the HTTP client: {e}"),
+                message: format!("cannot configure the HTTP client: {e} {no_roots}"),
             })?;
         let wire = Wire {
             client,
