@@ -505,3 +505,72 @@ async fn redirect_sends_blob_gets_to_a_pre_signed_url() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// 16 pushes at once, each several parts long: the registry's peak memory stays under one part
+/// buffer per upload plus 64 MiB (Distribution holds pending parts and grows with the pushes).
+/// The benchmark measures the same with 256 MiB blobs, beside Distribution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_pushes_stay_within_a_part_buffer_each() {
+    let sw = shared_seaweed();
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique_root("memory");
+    let mut cmd = BinServer::command(&["--listen", "127.0.0.1:0"]);
+    cmd.current_dir(dir.path());
+    for (k, v) in sw.registry_env(&root) {
+        cmd.env(k, v);
+    }
+    cmd.env("REGISTRY_STORAGE_S3_CHUNKSIZE", "5MiB");
+    let core = BinServer::spawn_cmd(cmd);
+    let c = reqwest::Client::new();
+    let pushes = (0..16).map(|i| {
+        let (c, url) = (c.clone(), core.url());
+        async move {
+            // Distinct content, generated in 1 MiB pieces as it is sent.
+            let seed = random_bytes(MIB);
+            let total = 24;
+            let mut h = <sha2::Sha256 as sha2::Digest>::new();
+            let pieces: Vec<Bytes> = (0..total)
+                .map(|j| {
+                    let mut p = seed.clone();
+                    p[0] = j as u8;
+                    p[1] = i as u8;
+                    sha2::Digest::update(&mut h, &p);
+                    Bytes::from(p)
+                })
+                .collect();
+            let d = format!("sha256:{}", hex::encode(sha2::Digest::finalize(h)));
+            let r = c
+                .post(format!("{url}/v2/mem/blobs/uploads/"))
+                .send()
+                .await
+                .unwrap();
+            let loc = r.headers()["location"].to_str().unwrap().to_owned();
+            let body = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
+            let r = c
+                .put(format!("{url}{loc}?digest={d}"))
+                .header("content-length", (total * MIB).to_string())
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        }
+    });
+    futures_util::future::join_all(pushes).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", core.child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let bound_mib = 16 * 5 + 64;
+    eprintln!(
+        "peak RSS of registry-core over 16 concurrent 24 MiB pushes: {} MiB (bound {bound_mib})",
+        peak_kib / 1024
+    );
+    assert!(
+        peak_kib / 1024 < bound_mib,
+        "peak RSS {} MiB",
+        peak_kib / 1024
+    );
+}

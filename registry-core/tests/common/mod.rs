@@ -541,12 +541,13 @@ impl Seaweed {
         s
     }
 
-    /// `weed` under a shell that kills it when this process's end closes its stdin, so a
+    /// `weed` under a shell that kills it (SIGKILL: a crash, and no 25 s graceful stop) when
+    /// this process's end closes its stdin, so a
     /// server shared by a whole test binary does not outlive it.
     fn spawn(args: &[String], dir: &Path) -> Child {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg("weed \"$@\" >\"$LOG\" 2>&1 & w=$!; cat >/dev/null; kill $w; wait $w")
+            .arg("weed \"$@\" >\"$LOG\" 2>&1 & w=$!; cat >/dev/null; kill -9 $w; wait $w")
             .arg("sh")
             .args(args)
             .env("LOG", dir.join("weed.log"))

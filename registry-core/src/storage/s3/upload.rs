@@ -18,7 +18,7 @@
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
@@ -70,16 +70,16 @@ impl UploadState {
         self.parts.iter().map(|p| p.size).sum()
     }
 
-    fn encode(&self) -> Bytes {
+    /// The stored form: the header lines, then the tail as it is (not copied: it may be
+    /// megabytes, and a copy would be a second part buffer).
+    fn encode(&self) -> PutPayload {
         let listing = serde_json::to_string(&Listing {
             upload_id: self.upload_id.clone(),
             parts: self.parts.clone(),
         })
         .expect("serializable");
-        let mut out =
-            format!("{MAGIC} {} {}\n{listing}\n", self.size, self.tail.len()).into_bytes();
-        out.extend_from_slice(&self.tail);
-        Bytes::from(out)
+        let head = format!("{MAGIC} {} {}\n{listing}\n", self.size, self.tail.len());
+        [Bytes::from(head), self.tail.clone()].into_iter().collect()
     }
 
     /// The size from the first line.
@@ -239,8 +239,9 @@ pub(super) struct S3Writer {
     storage: S3Storage,
     key: String,
     state: UploadState,
-    /// The bytes after the last uploaded part: at most one part.
-    buf: Vec<u8>,
+    /// The bytes after the last uploaded part: at most one part, in one allocation kept for
+    /// the writer's life (a fresh one per part would leave the allocator holding freed ones).
+    buf: BytesMut,
     dirty: bool,
 }
 
@@ -252,7 +253,7 @@ impl S3Writer {
         mut state: UploadState,
         fresh: bool,
     ) -> S3Writer {
-        let buf = std::mem::take(&mut state.tail).to_vec();
+        let buf = BytesMut::from(&std::mem::take(&mut state.tail)[..]);
         let dirty = fresh || state.replaces_object;
         S3Writer {
             storage,
@@ -282,16 +283,28 @@ impl S3Writer {
                 id
             }
         };
-        let data = Bytes::from(std::mem::take(&mut self.buf));
+        // Taken whole (a `split` would leave `buf` sharing the allocation, which could then
+        // never be taken back).
+        let data = std::mem::take(&mut self.buf).freeze();
         let size = data.len() as u64;
         let part = store
-            .put_part(&p, &id, self.state.parts.len(), PutPayload::from(data))
+            .put_part(
+                &p,
+                &id,
+                self.state.parts.len(),
+                PutPayload::from(data.clone()),
+            )
             .await
             .map_err(|e| storage_error(&self.key, e))?;
         self.state.parts.push(Part {
             etag: part.content_id,
             size,
         });
+        // The request is done with the bytes: take the allocation back for the next part.
+        if let Ok(mut again) = data.try_into_mut() {
+            again.clear();
+            self.buf = again;
+        }
         Ok(())
     }
 }
@@ -308,7 +321,9 @@ impl ObjectWriter for S3Writer {
         let mut rest = &data[..];
         while !rest.is_empty() {
             if self.buf.capacity() < part {
-                self.buf.reserve_exact(part - self.buf.len());
+                let mut b = BytesMut::with_capacity(part);
+                b.extend_from_slice(&self.buf);
+                self.buf = b;
             }
             let n = (part - self.buf.len()).min(rest.len());
             self.buf.extend_from_slice(&rest[..n]);
@@ -328,13 +343,13 @@ impl ObjectWriter for S3Writer {
             self.send_part().await?;
         }
         self.state.size = self.size();
-        self.state.tail = Bytes::from(std::mem::take(&mut self.buf));
+        self.state.tail = std::mem::take(&mut self.buf).freeze();
         let sk = state_key(&self.key);
         let p = self.storage.path(&sk)?;
         self.storage
             .inner
             .store
-            .put(&p, self.state.encode().into())
+            .put(&p, self.state.encode())
             .await
             .map_err(|e| storage_error(&self.key, e))?;
         if self.state.replaces_object {
@@ -519,7 +534,7 @@ mod tests {
             tail: Bytes::from_static(b"abc"),
             replaces_object: false,
         };
-        let enc = s.encode();
+        let enc: Bytes = s.encode().into();
         assert_eq!(UploadState::header(&enc).unwrap().0, 15);
         let d = UploadState::decode(enc.clone()).unwrap();
         assert_eq!(d.upload_id.as_deref(), Some("u-1"));
@@ -541,7 +556,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            &UploadState::decode(bin.encode()).unwrap().tail[..],
+            &UploadState::decode(bin.encode().into()).unwrap().tail[..],
             b"\n\0\n"
         );
     }
