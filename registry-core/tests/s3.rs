@@ -574,3 +574,181 @@ async fn sixteen_concurrent_pushes_stay_within_a_part_buffer_each() {
         peak_kib / 1024
     );
 }
+
+/// The store's own count of S3 requests (SeaweedFS's metrics) for a whole skopeo push of a
+/// two-layer image, a manifest HEAD by tag and a blob HEAD: registry-core beside Distribution 2.8
+/// on the same store, each alone on it. registry-core's are bounded (today's counts, so a change
+/// that adds round trips shows); Distribution's are printed beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_requests_per_operation_beside_distribution() {
+    if !have("docker-registry") || !have("skopeo") {
+        return;
+    }
+    let sw = tokio::task::spawn_blocking(Seaweed::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let layers = common::make_oci_layout(&img, "v1", &[12 * MIB, 3000]);
+    let c = reqwest::Client::new();
+    let mut rows = Vec::new();
+    for who in ["registry-core", "Distribution 2.8"] {
+        let root = unique_root(&who.replace([' ', '.'], "-"));
+        let (_core, _dist, addr) = if who == "registry-core" {
+            let mut cmd = BinServer::command(&["--listen", "127.0.0.1:0"]);
+            cmd.current_dir(dir.path());
+            for (k, v) in sw.registry_env(&root) {
+                cmd.env(k, v);
+            }
+            let core = BinServer::spawn_cmd(cmd);
+            let addr = core.addr.clone();
+            (Some(core), None, addr)
+        } else {
+            let d = Distribution::start_s3(&root, dir.path(), &sw);
+            let addr = d.addr.clone();
+            (None, Some(d), addr)
+        };
+        // Settle (a start-time listing or purge is not the push's).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let total = || sw.metric_sum("SeaweedFS_s3_request_total{");
+        let before = total();
+        let (img2, dest) = (img.clone(), format!("docker://{addr}/counted/app:v1"));
+        tokio::task::spawn_blocking(move || {
+            run(std::process::Command::new("skopeo").args([
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:v1", img2.display()),
+                &dest,
+            ]))
+        })
+        .await
+        .unwrap();
+        let push = total() - before;
+        let before = total();
+        let r = c
+            .head(format!("http://{addr}/v2/counted/app/manifests/v1"))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let head_manifest = total() - before;
+        let before = total();
+        let r = c
+            .head(format!("http://{addr}/v2/counted/app/blobs/{}", layers[0]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let head_blob = total() - before;
+        rows.push((who, head_manifest, head_blob, push));
+    }
+    for (who, m, b, p) in &rows {
+        eprintln!("store requests, {who}: manifest HEAD by tag {m}, blob HEAD {b}, push of a 12 MiB + 3 KB image {p}");
+    }
+    let (_, m, b, p) = rows[0];
+    assert!((1.0..=3.0).contains(&m), "{m}");
+    assert!((1.0..=2.0).contains(&b), "{b}");
+    assert!((20.0..=70.0).contains(&p), "{p}");
+}
+
+/// A store that answers every third request with 503 SlowDown (as S3 does under load): pushes
+/// and pulls still succeed, the failed requests having been retried with backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_down_answers_are_retried() {
+    use http_body_util::{BodyExt, Full};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sw = shared_seaweed();
+    let upstream = sw.endpoint.trim_start_matches("http://").to_owned();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", l.local_addr().unwrap());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (seen2, refused2) = (seen.clone(), refused.clone());
+    tokio::spawn(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<hyper::body::Incoming>();
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let (client, upstream) = (client.clone(), upstream.clone());
+            let (seen, refused) = (seen2.clone(), refused2.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |mut req: http::Request<hyper::body::Incoming>| {
+                        let (client, upstream) = (client.clone(), upstream.clone());
+                        let (seen, refused) = (seen.clone(), refused.clone());
+                        async move {
+                            if seen.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
+                                refused.fetch_add(1, Ordering::SeqCst);
+                                let body = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                                return Ok::<_, std::convert::Infallible>(
+                                    http::Response::builder()
+                                        .status(503)
+                                        .body(
+                                            Full::new(Bytes::from(body))
+                                                .map_err(|e| match e {})
+                                                .boxed(),
+                                        )
+                                        .unwrap(),
+                                );
+                            }
+                            // Forwarded as signed: the Host header stays the proxy's.
+                            let pq = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            *req.uri_mut() = format!("http://{upstream}{pq}").parse().unwrap();
+                            let resp = client.request(req).await.unwrap();
+                            Ok(resp.map(|b| {
+                                b.map_err(|e| -> std::convert::Infallible { panic!("{e}") })
+                                    .boxed()
+                            }))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(S3Settings {
+        endpoint: Some(proxy),
+        max_retries: 5,
+        retry_timeout: Duration::from_secs(30),
+        part_size: 5 * MIB as u64,
+        ..sw.settings(&unique_root("slowdown"))
+    });
+    let s = Server::start_with_storage(dir.path(), storage, Default::default()).await;
+    let c = reqwest::Client::new();
+    let data = random_bytes(12 * MIB);
+    let d = sha256(&data);
+    let r = c
+        .post(format!("{}/v2/app/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = c
+        .put(format!("{}{loc}?digest={d}", s.url))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let got = c
+        .get(format!("{}/v2/app/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&got), d);
+    let (n, refused) = (seen.load(Ordering::SeqCst), refused.load(Ordering::SeqCst));
+    eprintln!("{n} store requests, {refused} answered 503 SlowDown and retried");
+    assert!(refused >= 3, "{refused} of {n}");
+}

@@ -635,6 +635,19 @@ impl Seaweed {
         self.wait_ready();
     }
 
+    /// The sum of every series starting with `prefix` in the store's own metrics.
+    pub fn metric_sum(&self, prefix: &str) -> f64 {
+        let text = std::process::Command::new("curl")
+            .args(["-sf", &self.metrics])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The value of `series` in the store's own metrics (0 when absent).
     pub fn metric(&self, series: &str) -> f64 {
         let text = std::process::Command::new("curl")

@@ -40,10 +40,17 @@ pub const MIN_PART: u64 = 5 * 1024 * 1024;
 /// S3's largest single CopyObject; larger objects are copied part by part.
 pub const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
 pub const DEFAULT_PART_SIZE: u64 = 10 * 1024 * 1024;
-pub const DEFAULT_COPY_THRESHOLD: u64 = MAX_SINGLE_COPY;
-pub const DEFAULT_COPY_PART_SIZE: u64 = 512 * 1024 * 1024;
+/// Copies above this go part by part, in parallel: a single CopyObject of a large blob answers
+/// only when done (SeaweedFS took over a minute for 16 concurrent 256 MiB copies, past any
+/// sensible read timeout), and parts copy faster (a 1 GiB blob: see bench/RESULTS.md).
+pub const DEFAULT_COPY_THRESHOLD: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_COPY_PART_SIZE: u64 = 64 * 1024 * 1024;
 /// Parts of one multipart copy in flight at once.
-const COPY_CONCURRENCY: usize = 4;
+const COPY_CONCURRENCY: usize = 8;
+/// How long a store request may go without a byte of answer: a part of a copy (up to
+/// `copy_part_size`, up to 5 GiB) is answered when it is done.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+const COPY_READ_TIMEOUT: Duration = Duration::from_secs(600);
 /// Multipart uploads the purge looks at in one pass.
 const PURGE_LIMIT: usize = 10_000;
 
@@ -186,7 +193,7 @@ impl S3Storage {
             .with_connect_timeout(Duration::from_secs(5))
             // A blob streams for as long as its client reads; what must not stall is each read.
             .with_timeout_disabled()
-            .with_read_timeout(Duration::from_secs(60))
+            .with_read_timeout(READ_TIMEOUT)
             .with_pool_idle_timeout(Duration::from_secs(60));
         let retry = RetryConfig {
             backoff: BackoffConfig {
@@ -222,7 +229,7 @@ impl S3Storage {
             message: format!("cannot configure the S3 client: {e} {no_roots}"),
         })?;
         let client = CountingConnector
-            .connect(&client_options)
+            .connect(&client_options.clone().with_read_timeout(COPY_READ_TIMEOUT))
             .map_err(|e| S3Error {
                 setting: "endpoint",
                 message: format!("cannot configure the HTTP client: {e} {no_roots}"),

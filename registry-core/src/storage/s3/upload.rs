@@ -243,7 +243,15 @@ pub(super) struct S3Writer {
     /// the writer's life (a fresh one per part would leave the allocator holding freed ones).
     buf: BytesMut,
     dirty: bool,
+    /// A share of the overlap pool: while it is held, a part may go up while the next fills.
+    second_buffer: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The part going up: its index and the upload.
+    in_flight: Option<(usize, InFlight)>,
+    /// The buffer of the last part that went up while the next filled, for the one after.
+    spare: Option<BytesMut>,
 }
+
+type InFlight = tokio::task::JoinHandle<Result<(PartId, Bytes), object_store::Error>>;
 
 impl S3Writer {
     /// A writer continuing `state`; a `fresh` one is stored even when nothing is written.
@@ -261,6 +269,9 @@ impl S3Writer {
             state,
             buf,
             dirty,
+            second_buffer: None,
+            in_flight: None,
+            spare: None,
         }
     }
 
@@ -268,8 +279,11 @@ impl S3Writer {
         self.storage.inner.settings.part_size as usize
     }
 
-    /// Sends the buffer as the next part, starting the multipart upload if need be.
+    /// Sends the buffer as the next part, starting the multipart upload if need be. With a
+    /// second buffer from the shared pool, the part goes up while the next one fills;
+    /// otherwise it goes up before another byte is taken.
     async fn send_part(&mut self) -> Result<(), StorageError> {
+        self.finish_in_flight().await?;
         let p = self.storage.path(&self.key)?;
         let store = &self.storage.inner.store;
         let id = match &self.state.upload_id {
@@ -287,27 +301,70 @@ impl S3Writer {
         // never be taken back).
         let data = std::mem::take(&mut self.buf).freeze();
         let size = data.len() as u64;
-        let part = store
-            .put_part(
-                &p,
-                &id,
-                self.state.parts.len(),
-                PutPayload::from(data.clone()),
-            )
-            .await
-            .map_err(|e| storage_error(&self.key, e))?;
+        let idx = self.state.parts.len();
+        // The ETag is filled in when the part is up.
         self.state.parts.push(Part {
-            etag: part.content_id,
+            etag: String::new(),
             size,
         });
-        // The request is done with the bytes: take the allocation back for the next part.
+        if self.second_buffer.is_none() {
+            let mib = (self.part_size() as u32).div_ceil(1 << 20);
+            self.second_buffer = OVERLAP_POOL.clone().try_acquire_many_owned(mib).ok();
+        }
+        let storage = self.storage.clone();
+        let upload = async move {
+            let store = &storage.inner.store;
+            let part = store
+                .put_part(&p, &id, idx, PutPayload::from(data.clone()))
+                .await?;
+            Ok::<_, object_store::Error>((part, data))
+        };
+        if self.second_buffer.is_some() {
+            self.in_flight = Some((idx, tokio::spawn(upload)));
+            return Ok(());
+        }
+        let done = upload.await;
+        self.part_done(idx, done)
+    }
+
+    /// Waits for the part going up, if one is.
+    async fn finish_in_flight(&mut self) -> Result<(), StorageError> {
+        let Some((idx, task)) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let done = task.await.map_err(|e| StorageError::Io {
+            path: self.key.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        self.part_done(idx, done)
+    }
+
+    /// Records part `idx` as up, and takes its buffer back for a later part.
+    fn part_done(
+        &mut self,
+        idx: usize,
+        done: Result<(PartId, Bytes), object_store::Error>,
+    ) -> Result<(), StorageError> {
+        let (part, data) = done.map_err(|e| storage_error(&self.key, e))?;
+        self.state.parts[idx].etag = part.content_id;
         if let Ok(mut again) = data.try_into_mut() {
             again.clear();
-            self.buf = again;
+            if self.buf.capacity() == 0 {
+                self.buf = again;
+            } else {
+                self.spare = Some(again);
+            }
         }
         Ok(())
     }
 }
+
+/// Memory for a second part buffer, shared by all writers (MiB): the first writers to get
+/// some send a part while the next fills, the rest send before reading on. So concurrent
+/// uploads stay within one part buffer each plus this.
+const OVERLAP_POOL_MIB: usize = 16;
+static OVERLAP_POOL: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(OVERLAP_POOL_MIB)));
 
 #[async_trait]
 impl ObjectWriter for S3Writer {
@@ -320,6 +377,11 @@ impl ObjectWriter for S3Writer {
         let part = self.part_size();
         let mut rest = &data[..];
         while !rest.is_empty() {
+            if self.buf.is_empty() && self.buf.capacity() < part {
+                if let Some(spare) = self.spare.take() {
+                    self.buf = spare;
+                }
+            }
             if self.buf.capacity() < part {
                 let mut b = BytesMut::with_capacity(part);
                 b.extend_from_slice(&self.buf);
@@ -342,6 +404,7 @@ impl ObjectWriter for S3Writer {
         if self.buf.len() as u64 >= MIN_PART {
             self.send_part().await?;
         }
+        self.finish_in_flight().await?;
         self.state.size = self.size();
         self.state.tail = std::mem::take(&mut self.buf).freeze();
         let sk = state_key(&self.key);
