@@ -722,11 +722,16 @@ impl Config {
             let mut core = registry_core::Config {
                 root: f.storage.root.clone(),
                 delete_enabled: f.storage.delete_enabled,
-                // No driver named: S3 when `[storage.s3]` is there, else the filesystem.
+                // No driver named: S3 when `[storage.s3]` names a bucket, else the filesystem.
                 storage: registry_core::config::storage_driver(
                     Some(f.storage.driver.as_str())
                         .filter(|d| !d.is_empty())
-                        .or(f.storage.s3.as_ref().map(|_| "s3")),
+                        .or(f
+                            .storage
+                            .s3
+                            .as_ref()
+                            .filter(|s| s.bucket.is_some())
+                            .map(|_| "s3")),
                     f.storage.s3.as_ref(),
                     origin,
                 )
@@ -955,6 +960,59 @@ mod tests {
         };
         assert!(!core.delete_enabled);
         assert_eq!(core.root, Path::new("/var/lib/registry"));
+        // The S3 guide's environment block, over a [storage.s3] table in the file.
+        let c = load(
+            "[storage.s3]\nbucket = \"from-file\"\nregion = \"eu-west-1\"\n",
+            &[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "images"),
+                ("REGISTRY_STORAGE_S3_REGIONENDPOINT", "http://minio:9000"),
+                ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
+                ("REGISTRY_STORAGE_S3_ACCESSKEY", "12345"),
+                ("REGISTRY_STORAGE_S3_SECRETKEY", "very-secret"),
+                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "16777216"),
+                ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
+            ],
+        )
+        .unwrap();
+        let Upstream::Embedded(core) = &c.upstream else {
+            panic!()
+        };
+        let registry_core::config::StorageDriver::S3(s3) = &core.storage else {
+            panic!("{:?}", core.storage)
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.region.as_str()),
+            ("images", "eu-west-1")
+        );
+        assert_eq!(s3.access_key.as_deref(), Some("12345"));
+        assert_eq!(
+            (s3.force_path_style, s3.part_size, s3.redirect),
+            (Some(true), 16 << 20, false)
+        );
+        assert!(!format!("{c:?}").contains("very-secret"));
+        let e = load(
+            "",
+            &[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "1024"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("storage.s3.part_size") || e.contains("storage.s3.bucket"),
+            "{e}"
+        );
+        // A filesystem registry's `redirect.disable` does not make it an S3 one.
+        let c = load("", &[("REGISTRY_STORAGE_REDIRECT_DISABLE", "true")]).unwrap();
+        let Upstream::Embedded(core) = &c.upstream else {
+            panic!()
+        };
+        assert_eq!(
+            core.storage,
+            registry_core::config::StorageDriver::Filesystem
+        );
         // The edge's own name wins.
         let c = load(
             "",

@@ -414,8 +414,10 @@ impl Config {
                 message,
             })?;
         }
-        if f.driver.is_some() || f.s3.is_some() {
-            let driver = f.driver.as_deref().or(f.s3.as_ref().map(|_| "s3"));
+        // No driver named: S3 when the `[s3]` table names a bucket.
+        let s3_given = f.s3.as_ref().is_some_and(|s| s.bucket.is_some());
+        if f.driver.is_some() || s3_given {
+            let driver = f.driver.as_deref().or(s3_given.then_some("s3"));
             self.storage = storage_driver(driver, f.s3.as_ref(), origin)?;
         }
         Ok(())
@@ -432,6 +434,11 @@ impl Config {
         for (name, raw) in env {
             if name == "REGISTRY_STORAGE" {
                 file.driver = Some(raw.trim().to_owned());
+                used.push(name.to_owned());
+            } else if name == "REGISTRY_STORAGE_REDIRECT_DISABLE" {
+                // Redirects are off unless asked for; `disable=false` asks (S3 only).
+                let off = !raw.trim().eq_ignore_ascii_case("false");
+                table.insert("redirect".to_owned(), toml::Value::Boolean(!off));
                 used.push(name.to_owned());
             } else if let Some((_, key)) = REGISTRY_S3_ENV.iter().find(|(n, _)| *n == name) {
                 table.insert((*key).to_owned(), s3_env_value(key, raw));
@@ -673,6 +680,51 @@ pub fn check_registry_env<'a>(
 #[cfg(test)]
 mod env_tests {
     use super::*;
+
+    #[test]
+    fn registry2_s3_variables_configure_s3() {
+        let mut f = FileConfig::default();
+        let used = Config::registry_storage_env(
+            &mut f,
+            [
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "images"),
+                ("REGISTRY_STORAGE_S3_REGIONENDPOINT", "minio:9000"),
+                ("REGISTRY_STORAGE_S3_SECURE", "false"),
+                ("REGISTRY_STORAGE_S3_ACCESSKEY", "12345"),
+                ("REGISTRY_STORAGE_S3_SECRETKEY", "s"),
+                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "16777216"),
+                ("REGISTRY_STORAGE_S3_ROOTDIRECTORY", "/reg/"),
+                ("REGISTRY_STORAGE_REDIRECT_DISABLE", "false"),
+                ("PATH", "/bin"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(used.len(), 9);
+        let mut c = Config::default();
+        c.apply(f, "env").unwrap();
+        let StorageDriver::S3(s) = &c.storage else {
+            panic!("{:?}", c.storage)
+        };
+        assert_eq!(s.endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(s.access_key.as_deref(), Some("12345"));
+        assert_eq!(
+            (s.part_size, s.root.as_str(), s.redirect),
+            (16 << 20, "reg", true)
+        );
+        assert!(!format!("{c:?}").contains("\"s\""), "the secret prints");
+        // `redirect.disable` alone (a filesystem registry's compose file) does not switch to S3.
+        let mut f = FileConfig::default();
+        Config::registry_storage_env(&mut f, [("REGISTRY_STORAGE_REDIRECT_DISABLE", "true")])
+            .unwrap();
+        let mut c = Config::default();
+        c.apply(f, "env").unwrap();
+        assert_eq!(c.storage, StorageDriver::Filesystem);
+        // Sizes with units, and refused ones.
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("5 GB").unwrap(), 5_000_000_000);
+        assert!(parse_size("ten").is_err() && parse_size("5 parsecs").is_err());
+    }
 
     #[test]
     fn registry2_settings_are_honoured_refused_or_warned_about() {

@@ -5,6 +5,11 @@
 //! atomic, streamed writes that become visible only on `commit`, ranged reads, prefix listing,
 //! deletion of a prefix, and `rename` that makes the destination appear whole (copy + delete on an
 //! object store). Nothing above it relies on POSIX append or rename.
+//!
+//! - [`fs`]: a local directory (Distribution's `filesystem` driver layout), counted per call by
+//!   [`counted`].
+//! - [`s3`]: an S3-compatible bucket (Distribution's `s3` driver layout), counted per HTTP
+//!   request; streamed writes are multipart uploads whose state lives in the bucket.
 
 pub mod counted;
 pub mod fs;
