@@ -177,7 +177,13 @@ fn compose_up_push_pull_down(variant: impl FnOnce() -> Variant) {
         id.clone(),
     ];
     let s3_root = "composed";
-    let s3_port = reserve_port();
+    // Not the edge's port (reserved one at a time, the same one can come back).
+    let s3_port = loop {
+        let p = reserve_port();
+        if p != port {
+            break p;
+        }
+    };
     let weed_tag = format!("{id}-weed:test");
     if let Variant::S3 = &variant {
         // The store as one more service of the project (its port published on loopback only,

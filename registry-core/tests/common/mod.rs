@@ -505,7 +505,16 @@ impl Seaweed {
         )
         .unwrap();
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        let p: Vec<u16> = (0..9).map(|_| free_port()).collect();
+        // Nine distinct ports: held together while chosen (one at a time, the same one can come
+        // back twice, and weed then fails to bind).
+        let held: Vec<std::net::TcpListener> = (0..9)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let p: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(held);
         let args: Vec<String> = [
             "server".to_owned(),
             format!("-dir={}", dir.path().join("data").display()),
