@@ -525,16 +525,24 @@ fn edge_exit(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> (i32
 #[test]
 fn bad_configuration_stops_the_start_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
-    // A registry:2 environment block asking for S3 and a pull-through cache is refused, naming
-    // the setting, rather than quietly run as a local-disk registry.
+    // A registry:2 environment block asking for Azure storage, S3 encryption or a pull-through
+    // cache is refused, naming the setting, rather than quietly run as something else.
     for (env, named) in [
+        (
+            &[
+                ("REGISTRY_STORAGE", "azure"),
+                ("REGISTRY_STORAGE_AZURE_ACCOUNTNAME", "images"),
+                ("REGISTRY_HTTP_SECRET", "s"),
+            ][..],
+            "REGISTRY_STORAGE",
+        ),
         (
             &[
                 ("REGISTRY_STORAGE", "s3"),
                 ("REGISTRY_STORAGE_S3_BUCKET", "images"),
-                ("REGISTRY_HTTP_SECRET", "s"),
+                ("REGISTRY_STORAGE_S3_ENCRYPT", "true"),
             ][..],
-            "REGISTRY_STORAGE",
+            "REGISTRY_STORAGE_S3_ENCRYPT",
         ),
         (
             &[("REGISTRY_PROXY_REMOTEURL", "https://registry-1.docker.io")][..],
@@ -549,6 +557,18 @@ fn bad_configuration_stops_the_start_with_the_key_named() {
             "{err}"
         );
     }
+    // S3 without a bucket: the key named, the secret not printed.
+    let (code, err) = edge_exit(
+        dir.path(),
+        &[
+            ("REGISTRY_STORAGE", "s3"),
+            ("REGISTRY_STORAGE_S3_SECRETKEY", "never-printed"),
+        ],
+        &["check"],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("storage.s3.bucket"), "{err}");
+    assert!(!err.contains("never-printed"), "{err}");
     // Anything else unknown starts, with a warning naming it.
     let edge = Edge::start_with(EdgeOpts::default().env("REGISTRY_HTTP_SECRET", "shared"));
     assert!(
