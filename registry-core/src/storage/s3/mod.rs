@@ -112,8 +112,10 @@ impl Default for S3Settings {
             copy_threshold: DEFAULT_COPY_THRESHOLD,
             copy_part_size: DEFAULT_COPY_PART_SIZE,
             redirect: false,
-            max_retries: 5,
-            retry_timeout: Duration::from_secs(30),
+            // A store under load answers 500/503 for seconds at a time (SeaweedFS did, under 16
+            // concurrent 256 MiB pushes): backoff 0.1 s doubling to 5 s, ~25 s in all.
+            max_retries: 10,
+            retry_timeout: Duration::from_secs(60),
         }
     }
 }
