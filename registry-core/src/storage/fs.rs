@@ -51,12 +51,7 @@ impl FsStorage {
 
     /// Maps a storage key to a path under the root, refusing anything that could leave it.
     fn resolve(&self, key: &str) -> Result<PathBuf, StorageError> {
-        let ok = !key.is_empty()
-            && !key.contains('\0')
-            && !key.contains('\\')
-            && key
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != ".." && c != TMP_DIR);
+        let ok = super::valid_key(key) && key.split('/').all(|c| c != TMP_DIR);
         if !ok {
             return Err(StorageError::InvalidPath(key.to_owned()));
         }

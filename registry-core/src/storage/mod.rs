@@ -29,6 +29,17 @@ pub use counted::Counted;
 pub use fs::FsStorage;
 pub use s3::{S3Settings, S3Storage};
 
+/// Whether `key` is a storage key every backend can hold as it is: non-empty `/`-separated
+/// components, none empty, `.` or `..`, and no backslash or NUL. Nothing it accepts can leave
+/// the storage root.
+pub(crate) fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.contains(['\\', '\0'])
+        && key
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 /// A stream of an object's bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 

@@ -303,12 +303,7 @@ impl S3Storage {
     }
 
     fn path(&self, key: &str) -> Result<Path, StorageError> {
-        let ok = !key.is_empty()
-            && key
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != "..")
-            && !key.contains(['\\', '\0']);
-        if !ok {
+        if !super::valid_key(key) {
             return Err(StorageError::InvalidPath(key.to_owned()));
         }
         Path::parse(format!("{}{key}", self.inner.prefix))
