@@ -243,6 +243,8 @@ impl S3Storage {
             endpoint,
             bucket: settings.bucket.clone(),
             path_style: settings.path_style(),
+            max_retries: settings.max_retries,
+            retry_timeout: settings.retry_timeout,
         };
         let prefix = match settings.root.trim_matches('/') {
             "" => String::new(),
@@ -284,22 +286,24 @@ impl S3Storage {
     /// The keys of the multipart uploads in progress under `prefix` (relative to the root), as
     /// the store lists them: what the purge would abort once they are old enough.
     pub async fn incomplete_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let full = format!("{}{prefix}", self.inner.prefix);
-        let pending = self
-            .inner
-            .wire
-            .list_multipart_uploads(&full, PURGE_LIMIT)
-            .await
-            .map_err(|e| wire_error(prefix, e))?;
-        Ok(pending
-            .into_iter()
-            .map(|u| {
-                u.key
-                    .strip_prefix(self.inner.prefix.as_str())
-                    .unwrap_or(&u.key)
-                    .to_owned()
-            })
+        Ok(self
+            .pending_uploads(prefix)
+            .await?
+            .iter()
+            .map(|u| self.relative(&u.key).to_owned())
             .collect())
+    }
+
+    /// The store's multipart uploads under `prefix` (relative to the root, any key prefix).
+    async fn pending_uploads(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<wire::PendingUpload>, StorageError> {
+        self.inner
+            .wire
+            .list_multipart_uploads(&format!("{}{prefix}", self.inner.prefix), PURGE_LIMIT)
+            .await
+            .map_err(|e| wire_error(prefix, e))
     }
 
     fn path(&self, key: &str) -> Result<Path, StorageError> {
@@ -310,11 +314,10 @@ impl S3Storage {
             .map_err(|_| StorageError::InvalidPath(key.to_owned()))
     }
 
-    /// The key relative to the root of a full object path.
-    fn relative<'a>(&self, p: &'a Path) -> &'a str {
-        p.as_ref()
-            .strip_prefix(self.inner.prefix.as_str())
-            .unwrap_or(p.as_ref())
+    /// The key relative to the root of a full object key.
+    fn relative<'a>(&self, full: &'a str) -> &'a str {
+        full.strip_prefix(self.inner.prefix.as_str())
+            .unwrap_or(full)
     }
 }
 
@@ -341,40 +344,37 @@ fn folders_under(prefix: &str, keys: &[String]) -> Vec<String> {
 /// A start-time failure in words, naming the setting most likely wrong.
 fn describe_start_error(s: &S3Settings, e: object_store::Error) -> S3Error {
     let text = e.to_string();
-    match e {
-        object_store::Error::NotFound { .. } => S3Error {
+    let missing =
+        matches!(e, object_store::Error::NotFound { .. }) || text.contains("NoSuchBucket");
+    let refused = matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) || [
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "403",
+    ]
+    .iter()
+    .any(|t| text.contains(t));
+    if missing {
+        S3Error {
             setting: "bucket",
             message: format!("bucket {:?} does not exist", s.bucket),
-        },
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => S3Error {
+        }
+    } else if refused {
+        S3Error {
             setting: "access_key/secret_key",
             message: format!(
                 "the store refused the credentials for bucket {:?}",
                 s.bucket
             ),
-        },
-        _ if text.contains("InvalidAccessKeyId")
-            || text.contains("SignatureDoesNotMatch")
-            || text.contains("AccessDenied")
-            || text.contains("403") =>
-        {
-            S3Error {
-                setting: "access_key/secret_key",
-                message: format!(
-                    "the store refused the credentials for bucket {:?}",
-                    s.bucket
-                ),
-            }
         }
-        _ if text.contains("NoSuchBucket") => S3Error {
-            setting: "bucket",
-            message: format!("bucket {:?} does not exist", s.bucket),
-        },
-        _ => S3Error {
+    } else {
+        S3Error {
             setting: "endpoint",
             message: format!("cannot reach {}: {text}", s.endpoint_url()),
-        },
+        }
     }
 }
 
@@ -439,21 +439,16 @@ impl Storage for S3Storage {
     }
 
     async fn stat_write(&self, key: &str) -> Result<ObjectMeta, StorageError> {
-        let p = self.path(key)?;
-        match self.inner.store.head(&p).await {
-            Ok(m) => Ok(ObjectMeta {
-                size: m.size,
-                modified: m.last_modified.into(),
-            }),
+        match self.stat(key).await {
             // A streamed write in progress is its state object.
-            Err(object_store::Error::NotFound { .. }) => {
+            Err(e) if e.is_not_found() => {
                 let (state, modified) = upload::load_header(self, key).await?;
                 Ok(ObjectMeta {
                     size: state.size,
                     modified,
                 })
             }
-            Err(e) => Err(storage_error(key, e)),
+            r => r,
         }
     }
 
@@ -526,7 +521,7 @@ impl Storage for S3Storage {
             .map_err(|e| storage_error(key, e))?;
         // Multipart uploads of streamed writes under the prefix are aborted, not left to cost.
         for state in under.iter().filter(|p| upload::is_state_key(p.as_ref())) {
-            upload::abort(self, self.relative(state)).await?;
+            upload::abort(self, self.relative(state.as_ref())).await?;
         }
         // The objects, then the folders they were in, deepest first: S3 has no folders, but
         // stores built on a file system (SeaweedFS) keep them, and would go on listing them.
@@ -571,13 +566,8 @@ impl Storage for S3Storage {
         prefix: &str,
         older_than: SystemTime,
     ) -> Result<usize, StorageError> {
-        let p = self.path(prefix)?;
-        let pending = self
-            .inner
-            .wire
-            .list_multipart_uploads(&format!("{p}/"), PURGE_LIMIT)
-            .await
-            .map_err(|e| wire_error(prefix, e))?;
+        self.path(prefix)?;
+        let pending = self.pending_uploads(&format!("{prefix}/")).await?;
         let mut aborted = 0;
         for u in pending {
             if u.initiated.is_some_and(|t| t < older_than) {

@@ -128,13 +128,12 @@ pub(super) async fn load_header(
         range: Some(GetRange::Bounded(0..HEADER_READ)),
         ..Default::default()
     };
-    let r = match s.inner.store.get_opts(&p, opts).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(StorageError::NotFound(key.to_owned()))
-        }
-        Err(e) => return Err(storage_error(key, e)),
-    };
+    let r = s
+        .inner
+        .store
+        .get_opts(&p, opts)
+        .await
+        .map_err(|e| storage_error(key, e))?;
     let modified = r.meta.last_modified.into();
     let data = r.bytes().await.map_err(|e| storage_error(key, e))?;
     let (size, _, _) = UploadState::header(&data).ok_or_else(|| corrupt(&sk))?;
@@ -151,13 +150,13 @@ pub(super) async fn load_header(
 pub(super) async fn load(s: &S3Storage, key: &str) -> Result<UploadState, StorageError> {
     let sk = state_key(key);
     let p = s.path(&sk)?;
-    let data = match s.inner.store.get(&p).await {
-        Ok(r) => r.bytes().await.map_err(|e| storage_error(key, e))?,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(StorageError::NotFound(key.to_owned()))
-        }
-        Err(e) => return Err(storage_error(key, e)),
-    };
+    let r = s
+        .inner
+        .store
+        .get(&p)
+        .await
+        .map_err(|e| storage_error(key, e))?;
+    let data = r.bytes().await.map_err(|e| storage_error(key, e))?;
     UploadState::decode(data).ok_or_else(|| corrupt(&sk))
 }
 
@@ -177,7 +176,7 @@ pub(super) async fn adopt(s: &S3Storage, key: &str) -> Result<UploadState, Stora
         ..Default::default()
     };
     if meta.size < MIN_PART {
-        state.tail = s.get_bytes(key).await?;
+        state.tail = crate::storage::Storage::get(s, key).await?;
         return Ok(state);
     }
     let id = s
@@ -189,12 +188,6 @@ pub(super) async fn adopt(s: &S3Storage, key: &str) -> Result<UploadState, Stora
     state.parts = copy_parts(s, key, &id, key, meta.size, 0).await?;
     state.upload_id = Some(id);
     Ok(state)
-}
-
-impl S3Storage {
-    async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
-        crate::storage::Storage::get(self, key).await
-    }
 }
 
 /// Copies all `size` bytes of `source` into upload `id` of `key` as parts numbered from
@@ -511,18 +504,13 @@ pub(super) async fn finish(s: &S3Storage, from: &str, to: &str) -> Result<(), St
     if let Some(size) = size {
         copy_object(s, from, to, size).await?;
     }
-    let gone = [fp, s.path(&state_key(from))?];
-    let results: Vec<_> = store
-        .delete_stream(futures_util::stream::iter(gone.into_iter().map(Ok)).boxed())
-        .collect()
-        .await;
-    for r in results {
-        match r {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(storage_error(from, e)),
-        }
-    }
-    Ok(())
+    // The source and its state in one request, as `delete` removes keys.
+    let gone = [fp.to_string(), s.path(&state_key(from))?.to_string()];
+    s.inner
+        .wire
+        .delete_keys(&gone)
+        .await
+        .map_err(|e| wire_error(from, e))
 }
 
 /// A server-side copy: one CopyObject up to the copy threshold, part by part above it.

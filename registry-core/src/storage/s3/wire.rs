@@ -1,6 +1,6 @@
 //! What goes over the wire to the store, below object_store: every HTTP request counted by S3
 //! operation (`regcore_storage_requests_total{op}`), and the few requests object_store has no
-//! call for, signed with its own SigV4 signer: UploadPartCopy with a byte range (multipart copy
+//! call for, signed with its own SigV4 signer and retried as its own are: UploadPartCopy with a byte range (multipart copy
 //! of objects past the single-copy limit), ListMultipartUploads (the purge of abandoned uploads),
 //! DeleteObjects with folder keys (stores that keep folders) and CreateBucket (test setup).
 
@@ -89,6 +89,9 @@ pub(crate) struct Wire {
     pub endpoint: String,
     pub bucket: String,
     pub path_style: bool,
+    /// As object_store's retry settings (the store's `max_retries`, `retry_timeout`).
+    pub max_retries: usize,
+    pub retry_timeout: std::time::Duration,
 }
 
 /// A failure of a raw request: the status (when the store answered) and what it said.
@@ -134,6 +137,9 @@ impl Wire {
         }
     }
 
+    /// Sends a request, retrying what may succeed later (no answer, 5xx, 429) with the same
+    /// backoff and limits as object_store's requests: 0.1 s doubling to 5 s, at most
+    /// `max_retries` times within `retry_timeout`.
     async fn send(
         &self,
         method: Method,
@@ -142,46 +148,89 @@ impl Wire {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Result<Bytes, WireError> {
+        let started = std::time::Instant::now();
+        let mut backoff = std::time::Duration::from_millis(100);
+        let mut retries = 0;
+        loop {
+            match self
+                .send_once(method.clone(), key, query, headers, body.clone())
+                .await
+            {
+                Err((e, true))
+                    if retries < self.max_retries
+                        && started.elapsed() + backoff < self.retry_timeout =>
+                {
+                    tracing::debug!(error = %e, retries, "store request failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    retries += 1;
+                }
+                r => return r.map_err(|(e, _)| e),
+            }
+        }
+    }
+
+    /// One attempt; a failure says whether trying again may help.
+    async fn send_once(
+        &self,
+        method: Method,
+        key: &str,
+        query: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Bytes, (WireError, bool)> {
+        let fatal = |e: WireError| (e, false);
         let mut b = Request::builder().method(method).uri(self.url(key, query));
         for (k, v) in headers {
             b = b.header(*k, v);
         }
-        let mut req: HttpRequest = b.body(HttpRequestBody::from(body)).map_err(|e| WireError {
-            status: None,
-            message: format!("cannot build the request: {e}"),
+        let mut req: HttpRequest = b.body(HttpRequestBody::from(body)).map_err(|e| {
+            fatal(WireError {
+                status: None,
+                message: format!("cannot build the request: {e}"),
+            })
         })?;
-        let cred = self
-            .credentials
-            .get_credential()
-            .await
-            .map_err(|e| WireError {
+        let cred = self.credentials.get_credential().await.map_err(|e| {
+            fatal(WireError {
                 status: None,
                 message: format!("no credentials: {e}"),
-            })?;
+            })
+        })?;
         AwsAuthorizer::new(&cred, "s3", &self.region)
             .try_authorize(&mut req, None)
-            .map_err(|e| WireError {
-                status: None,
-                message: format!("cannot sign the request: {e}"),
+            .map_err(|e| {
+                fatal(WireError {
+                    status: None,
+                    message: format!("cannot sign the request: {e}"),
+                })
             })?;
-        let resp = self.client.execute(req).await.map_err(|e| WireError {
-            status: None,
-            message: e.to_string(),
+        // No answer, or one cut off: the request may succeed if sent again.
+        let resp = self.client.execute(req).await.map_err(|e| {
+            let e = WireError {
+                status: None,
+                message: e.to_string(),
+            };
+            (e, true)
         })?;
         let status = resp.status();
-        let body = resp.into_body().bytes().await.map_err(|e| WireError {
-            status: Some(status.as_u16()),
-            message: e.to_string(),
+        let body = resp.into_body().bytes().await.map_err(|e| {
+            let e = WireError {
+                status: Some(status.as_u16()),
+                message: e.to_string(),
+            };
+            (e, true)
         })?;
         // S3 may answer a copy with 200 and an error document.
         if !status.is_success() || body.starts_with(b"<?xml") && contains(&body, b"<Error>") {
             let code = quick_xml::de::from_reader::<_, ErrorDoc>(&body[..])
                 .map(|d| format!("{}: {}", d.code, d.message))
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into());
-            return Err(WireError {
+            let transient = status.is_server_error() || status.as_u16() == 429;
+            let e = WireError {
                 status: Some(status.as_u16()),
                 message: code,
-            });
+            };
+            return Err((e, transient));
         }
         Ok(body)
     }
