@@ -35,11 +35,6 @@ pub const REGISTRY_COMPAT: &[(&str, &str, &str)] = &[
         "root",
     ),
     ("REGISTRY_STORAGE", "storage", "driver"),
-    (
-        "REGISTRY_STORAGE_REDIRECT_DISABLE",
-        "storage",
-        "s3.redirect_disable",
-    ),
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -451,6 +446,7 @@ impl Config {
                 .iter()
                 .map(|(n, _)| *n),
         );
+        honoured.push(registry_core::config::REGISTRY_REDIRECT_DISABLE);
         let mut ignored_env = Vec::new();
         let pairs = env
             .iter()
@@ -487,16 +483,7 @@ impl Config {
             }
             overridden.push(name.clone());
         }
-        // registry:2's S3 variables set keys of `[storage.s3]`.
-        let s3_keys: Vec<(&str, String)> = registry_core::config::REGISTRY_S3_ENV
-            .iter()
-            .map(|(n, k)| (*n, format!("s3.{k}")))
-            .collect();
-        let compat = REGISTRY_COMPAT
-            .iter()
-            .map(|(n, s, k)| (*n, *s, (*k).to_owned()))
-            .chain(s3_keys.into_iter().map(|(n, k)| (n, "storage", k)));
-        for (name, section, key) in compat {
+        for (name, section, key) in REGISTRY_COMPAT {
             let edge_name = format!("{ENV_PREFIX}{}_{}", section, key).to_ascii_uppercase();
             let Some((_, raw)) = env.iter().find(|(k, _)| k == name) else {
                 continue;
@@ -504,41 +491,39 @@ impl Config {
             if env.iter().any(|(k, _)| *k == edge_name) {
                 continue;
             }
-            let (key, value) = if key == "listen" && raw.starts_with(':') {
+            let value = if *key == "listen" && raw.starts_with(':') {
                 // registry:2 accepts ":5000" for all interfaces.
-                (key, toml::Value::String(format!("0.0.0.0{raw}")))
-            } else if key == "delete_enabled" {
-                (key, env_value(raw))
-            } else if key == "s3.redirect_disable" {
-                // Redirects are off unless `[storage.s3] redirect = true`.
-                let off = raw.trim().eq_ignore_ascii_case("true");
-                ("s3.redirect".to_owned(), toml::Value::Boolean(!off))
-            } else if let Some(k) = key.strip_prefix("s3.") {
-                let v = registry_core::config::s3_env_value(k, raw);
-                (key, v)
+                toml::Value::String(format!("0.0.0.0{raw}"))
+            } else if *key == "delete_enabled" {
+                env_value(raw)
             } else {
-                (key, toml::Value::String(raw.clone()))
+                toml::Value::String(raw.clone())
             };
             if let toml::Value::Table(t) = table
-                .entry(section)
+                .entry(*section)
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
             {
-                // `s3.bucket` is key `bucket` of table `s3`.
-                match key.split_once('.') {
-                    Some((sub, k)) => {
-                        if let toml::Value::Table(sub) = t
-                            .entry(sub)
-                            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                        {
-                            sub.insert(k.to_owned(), value);
-                        }
-                    }
-                    None => {
-                        t.insert(key, value);
-                    }
+                t.insert((*key).to_owned(), value);
+            }
+            overridden.push((*name).to_owned());
+        }
+        // registry:2's S3 variables set keys of `[storage.s3]`, mapped as registry-core maps them.
+        for (name, raw) in &env {
+            let Some((key, value)) = registry_core::config::registry_s3_setting(name, raw) else {
+                continue;
+            };
+            if let toml::Value::Table(storage) = table
+                .entry("storage")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                if let toml::Value::Table(s3) = storage
+                    .entry("s3")
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                {
+                    s3.insert(key.to_owned(), value);
                 }
             }
-            overridden.push(name.to_owned());
+            overridden.push(name.clone());
         }
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {

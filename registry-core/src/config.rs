@@ -243,8 +243,22 @@ pub const REGISTRY_S3_ENV: &[(&str, &str)] = &[
     ),
 ];
 
+/// registry:2's redirect switch; only `false` asks for redirects (S3's `redirect = true`).
+pub const REGISTRY_REDIRECT_DISABLE: &str = "REGISTRY_STORAGE_REDIRECT_DISABLE";
+
+/// The `[s3]` key and TOML value a registry:2 variable sets, if it is one of the S3 ones (or the
+/// redirect switch). One mapping for both programs.
+pub fn registry_s3_setting(name: &str, raw: &str) -> Option<(&'static str, toml::Value)> {
+    if name == REGISTRY_REDIRECT_DISABLE {
+        let disabled = !raw.trim().eq_ignore_ascii_case("false");
+        return Some(("redirect", toml::Value::Boolean(!disabled)));
+    }
+    let (_, key) = REGISTRY_S3_ENV.iter().find(|(n, _)| *n == name)?;
+    Some((key, s3_env_value(key, raw)))
+}
+
 /// The TOML value of a registry:2 S3 variable: booleans and numbers typed, the rest strings.
-pub fn s3_env_value(key: &str, raw: &str) -> toml::Value {
+fn s3_env_value(key: &str, raw: &str) -> toml::Value {
     match key {
         "force_path_style" | "secure" | "skip_verify" => match raw.trim() {
             v if v.eq_ignore_ascii_case("true") => toml::Value::Boolean(true),
@@ -435,13 +449,8 @@ impl Config {
             if name == "REGISTRY_STORAGE" {
                 file.driver = Some(raw.trim().to_owned());
                 used.push(name.to_owned());
-            } else if name == "REGISTRY_STORAGE_REDIRECT_DISABLE" {
-                // Redirects are off unless asked for; `disable=false` asks (S3 only).
-                let off = !raw.trim().eq_ignore_ascii_case("false");
-                table.insert("redirect".to_owned(), toml::Value::Boolean(!off));
-                used.push(name.to_owned());
-            } else if let Some((_, key)) = REGISTRY_S3_ENV.iter().find(|(n, _)| *n == name) {
-                table.insert((*key).to_owned(), s3_env_value(key, raw));
+            } else if let Some((key, value)) = registry_s3_setting(name, raw) {
+                table.insert(key.to_owned(), value);
                 used.push(name.to_owned());
             }
         }

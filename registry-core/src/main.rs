@@ -53,7 +53,7 @@ const HONOURED_ENV: &[&str] = &[
     "REGISTRY_STORAGE",
     "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
     "REGISTRY_STORAGE_DELETE_ENABLED",
-    "REGISTRY_STORAGE_REDIRECT_DISABLE",
+    registry_core::config::REGISTRY_REDIRECT_DISABLE,
 ];
 
 fn load(cli: &Cli) -> Result<Config, registry_core::config::ConfigError> {
