@@ -213,29 +213,28 @@ fn registry2_settings_it_cannot_honour_stop_the_start() {
 #[test]
 fn an_s3_configuration_without_a_bucket_stops_the_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_registry-core"))
-        .current_dir(dir.path())
-        .env("REGISTRY_STORAGE", "s3")
-        .env("REGISTRY_STORAGE_S3_SECRETKEY", "do-not-print-me")
-        .env("REGISTRY_STORAGE_S3_CHUNKSIZE", "1MiB")
-        .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    // registry-core started with an S3 environment: its exit code and stderr.
+    let start = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_registry-core"))
+            .current_dir(dir.path())
+            .env("REGISTRY_STORAGE", "s3")
+            .env("REGISTRY_STORAGE_S3_CHUNKSIZE", "1MiB")
+            .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = start(&[("REGISTRY_STORAGE_S3_SECRETKEY", "do-not-print-me")]);
+    assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("s3.bucket"), "{err}");
     assert!(!err.contains("do-not-print-me"), "{err}");
     // A part size under S3's minimum is named too.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_registry-core"))
-        .current_dir(dir.path())
-        .env("REGISTRY_STORAGE", "s3")
-        .env("REGISTRY_STORAGE_S3_BUCKET", "images")
-        .env("REGISTRY_STORAGE_S3_CHUNKSIZE", "1MiB")
-        .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let (code, err) = start(&[("REGISTRY_STORAGE_S3_BUCKET", "images")]);
+    assert_eq!(code, Some(64), "{err}");
     assert!(
         err.contains("s3.part_size") && err.contains("REGISTRY_STORAGE_S3_CHUNKSIZE"),
         "{err}"

@@ -25,6 +25,22 @@ fn storage(settings: S3Settings) -> Arc<S3Storage> {
     Arc::new(S3Storage::new(settings).unwrap())
 }
 
+/// The `registry-core` binary with `args`, in `dir`, on `sw`'s bucket under `root` as
+/// registry:2's variables give it, plus `env`.
+fn core_command(
+    sw: &Seaweed,
+    dir: &std::path::Path,
+    root: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Command {
+    let mut cmd = BinServer::command(&[&["--listen", "127.0.0.1:0"][..], args].concat());
+    cmd.current_dir(dir);
+    cmd.envs(sw.registry_env(root));
+    cmd.envs(env.iter().copied());
+    cmd
+}
+
 async fn read_all(s: &dyn Storage, key: &str, range: Option<std::ops::Range<u64>>) -> Vec<u8> {
     let parts: Vec<Bytes> = s
         .reader(key, range)
@@ -234,13 +250,15 @@ async fn start_checks_name_the_setting_and_an_empty_bucket_is_healthy() {
     assert_eq!(e.setting, "endpoint", "{e}");
     // The binary stops with the same message, secrets never printed.
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = BinServer::command(&["--listen", "127.0.0.1:0"]);
-    cmd.current_dir(dir.path());
-    for (k, v) in sw.registry_env("x") {
-        cmd.env(k, v);
-    }
-    cmd.env("REGISTRY_STORAGE_S3_BUCKET", "no-such-bucket-here");
-    let out = cmd.output().unwrap();
+    let out = core_command(
+        sw,
+        dir.path(),
+        "x",
+        &[],
+        &[("REGISTRY_STORAGE_S3_BUCKET", "no-such-bucket-here")],
+    )
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -346,14 +364,9 @@ async fn an_upload_split_across_two_processes_is_not_re_read() {
     let dir = tempfile::tempdir().unwrap();
     let root = unique_root("split");
     let spawn = || {
-        let mut cmd =
-            BinServer::command(&["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
-        cmd.current_dir(dir.path());
-        for (k, v) in sw.registry_env(&root) {
-            cmd.env(k, v);
-        }
-        cmd.env("REGISTRY_STORAGE_S3_CHUNKSIZE", "5MiB");
-        BinServer::spawn_cmd(cmd)
+        let args = ["--metrics-listen", "127.0.0.1:0"];
+        let chunk = [("REGISTRY_STORAGE_S3_CHUNKSIZE", "5MiB")];
+        BinServer::spawn_cmd(core_command(sw, dir.path(), &root, &args, &chunk))
     };
     let (p1, p2) = (spawn(), spawn());
     let data = random_bytes(23 * MIB + 11);
@@ -420,12 +433,7 @@ async fn distribution_2_8_on_the_same_bucket_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let root = unique_root("interop");
     let dist = Distribution::start_s3(&root, dir.path(), sw);
-    let mut cmd = BinServer::command(&["--listen", "127.0.0.1:0"]);
-    cmd.current_dir(dir.path());
-    for (k, v) in sw.registry_env(&root) {
-        cmd.env(k, v);
-    }
-    let core = BinServer::spawn_cmd(cmd);
+    let core = BinServer::spawn_cmd(core_command(sw, dir.path(), &root, &[], &[]));
     let skopeo = |args: &[&str]| {
         run(std::process::Command::new("skopeo")
             .args(["--insecure-policy"])
@@ -514,13 +522,8 @@ async fn sixteen_concurrent_pushes_stay_within_a_part_buffer_each() {
     let sw = shared_seaweed();
     let dir = tempfile::tempdir().unwrap();
     let root = unique_root("memory");
-    let mut cmd = BinServer::command(&["--listen", "127.0.0.1:0"]);
-    cmd.current_dir(dir.path());
-    for (k, v) in sw.registry_env(&root) {
-        cmd.env(k, v);
-    }
-    cmd.env("REGISTRY_STORAGE_S3_CHUNKSIZE", "5MiB");
-    let core = BinServer::spawn_cmd(cmd);
+    let chunk = [("REGISTRY_STORAGE_S3_CHUNKSIZE", "5MiB")];
+    let core = BinServer::spawn_cmd(core_command(sw, dir.path(), &root, &[], &chunk));
     let c = reqwest::Client::new();
     let pushes = (0..16).map(|i| {
         let (c, url) = (c.clone(), core.url());
@@ -557,12 +560,7 @@ async fn sixteen_concurrent_pushes_stay_within_a_part_buffer_each() {
         }
     });
     futures_util::future::join_all(pushes).await;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", core.child.id())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let peak_kib = common::peak_rss_kib(core.child.id());
     let bound_mib = 16 * 5 + 64;
     eprintln!(
         "peak RSS of registry-core over 16 concurrent 24 MiB pushes: {} MiB (bound {bound_mib})",
@@ -593,12 +591,7 @@ async fn store_requests_per_operation_beside_distribution() {
     for who in ["registry-core", "Distribution 2.8"] {
         let root = unique_root(&who.replace([' ', '.'], "-"));
         let (_core, _dist, addr) = if who == "registry-core" {
-            let mut cmd = BinServer::command(&["--listen", "127.0.0.1:0"]);
-            cmd.current_dir(dir.path());
-            for (k, v) in sw.registry_env(&root) {
-                cmd.env(k, v);
-            }
-            let core = BinServer::spawn_cmd(cmd);
+            let core = BinServer::spawn_cmd(core_command(&sw, dir.path(), &root, &[], &[]));
             let addr = core.addr.clone();
             (Some(core), None, addr)
         } else {

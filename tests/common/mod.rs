@@ -231,12 +231,7 @@ impl Edge {
 
     /// Peak resident memory of the edge process so far, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
+        core::peak_rss_kib(self.pid())
     }
 
     /// Runs `registry-edge ARGS` in the edge's directory with `stdin`; returns (exit code,

@@ -439,6 +439,16 @@ pub async fn stored_keys(storage: &dyn Storage, prefix: &str) -> Vec<String> {
     out
 }
 
+/// Peak resident memory of process `pid` so far, in KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
 /// Whether the tests run against S3 (`REGCORE_TEST_STORAGE=s3`).
 pub fn s3_mode() -> bool {
     std::env::var("REGCORE_TEST_STORAGE").as_deref() == Ok("s3")
