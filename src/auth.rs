@@ -324,6 +324,12 @@ impl Authenticator {
         h.finalize().into()
     }
 
+    /// The user's htpasswd entry (its bcrypt hash), for sessions that must end when it changes.
+    pub fn entry(&self, user: &str) -> Option<String> {
+        let users = self.users.read().expect("users lock").clone();
+        users.file.users.get(user).cloned()
+    }
+
     /// The user, when these exact credentials were verified before (no bcrypt).
     pub fn cached(&self, user: &str, password: &str) -> Option<User> {
         let users = self.users.read().expect("users lock").clone();

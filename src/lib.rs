@@ -41,7 +41,9 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod request;
+pub mod secret;
 pub mod tls;
+pub mod ui;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,6 +71,10 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    Secret(#[from] secret::SecretError),
+    #[error("{0}")]
+    Ui(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -106,6 +112,8 @@ pub struct Prepared {
     /// `None` when TLS is off (`[tls] enabled = false`).
     pub certs: Option<Arc<CertStore>>,
     pub auth: Arc<Authenticator>,
+    /// The shared secret (configured, or generated and kept), when the UI is on.
+    pub secret: Option<Arc<secret::Secret>>,
 }
 
 /// The certificate files of `config`.
@@ -153,9 +161,16 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     }
     let users = Htpasswd::load(&config.htpasswd)?;
     metrics::HTPASSWD_USERS.set(users.len() as i64);
+    let secret = match (&config.ui, &config.secret) {
+        (None, _) => None,
+        (Some(_), Some(s)) => Some(s.clone()),
+        (Some(_), None) => Some(Arc::new(secret::Secret::from_file(&config.secret_file)?)),
+    };
+    ui::text::check().map_err(StartError::Ui)?;
     Ok(Prepared {
         certs,
         auth: Arc::new(Authenticator::new(users)),
+        secret,
     })
 }
 
@@ -336,6 +351,21 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
         trusted: Arc::new(config.trusted.clone()),
         headers: config.headers.clone(),
         tls: config.tls,
+        ui: config.ui.as_ref().map(|u| {
+            let (delete_enabled, gc_grace) = match &config.upstream {
+                Upstream::Embedded(core) => (core.delete_enabled, core.gc_grace),
+                // An upstream answers a delete it does not allow itself.
+                Upstream::Urls(_) => (true, Duration::ZERO),
+            };
+            let secret = prepared.secret.clone().expect("prepared with the UI");
+            ui::Ui::new(
+                u.title.clone(),
+                secret,
+                u.session_ttl,
+                delete_enabled,
+                gc_grace,
+            )
+        }),
     };
     let conf = server.configuration.clone();
     let mut proxy = pingora::proxy::http_proxy(&conf, edge);

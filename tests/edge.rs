@@ -106,13 +106,14 @@ async fn login_challenge_over_h1_and_h2() {
                 .count(),
             1
         );
-        // Paths outside the API are not proxied.
+        // Paths outside the API are the web UI's, never proxied: without a session, the login.
         let r = c
             .get(format!("{}/metrics", edge.url()))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 404);
+        assert_eq!(r.status(), 200);
+        assert!(r.url().path().starts_with("/login"), "{}", r.url());
     }
 }
 

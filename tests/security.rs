@@ -633,7 +633,8 @@ fn error_answers_of_the_edge_and_the_core_are_framed() {
     let edge = Edge::start();
     let auth = basic(&edge.user, &edge.password);
     let mut s = raw_tls_from(&edge, None);
-    // Three pipelined requests: a core 404 with a body, an edge 404, then a ping.
+    // Three pipelined requests: a core 404 with a body, the UI's redirect to its login, then a
+    // ping.
     write!(
         s,
         "GET /v2/x/manifests/nope HTTP/1.1\r\nHost: h\r\nAuthorization: {auth}\r\n\r\n\
@@ -642,7 +643,7 @@ fn error_answers_of_the_edge_and_the_core_are_framed() {
     )
     .unwrap();
     s.flush().unwrap();
-    for want in ["HTTP/1.1 404", "HTTP/1.1 404", "HTTP/1.1 200"] {
+    for want in ["HTTP/1.1 404", "HTTP/1.1 303", "HTTP/1.1 200"] {
         let head = read_head(&mut s);
         assert!(head.starts_with(want), "{want}: {head}");
         let len: usize = head

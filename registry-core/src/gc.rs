@@ -139,19 +139,11 @@ async fn references(
     ))
 }
 
-/// Marks the live manifests of one repository and the blobs they reach.
-async fn mark_repo(
-    registry: &Registry,
-    scan: &RepoScan,
-    cutoff: SystemTime,
-    marked: &mut BTreeSet<Digest>,
-) -> BTreeSet<Digest> {
-    let mut refs = BTreeMap::new();
-    for d in scan.revisions.keys() {
-        if let Some(r) = references(registry, d).await {
-            refs.insert(d.clone(), r);
-        }
-    }
+type Refs = BTreeMap<Digest, (Vec<Digest>, Vec<Digest>, Option<Digest>)>;
+
+/// The manifests of one repository that are live when those written after `cutoff` count as
+/// live for their age alone.
+fn live_set(scan: &RepoScan, refs: &Refs, cutoff: SystemTime) -> BTreeSet<Digest> {
     let mut live: BTreeSet<Digest> = scan
         .revisions
         .iter()
@@ -161,7 +153,7 @@ async fn mark_repo(
     // Children of live indexes and referrers of live subjects, to a fixpoint.
     loop {
         let mut grew = false;
-        for (d, (_, children, subject)) in &refs {
+        for (d, (_, children, subject)) in refs {
             if live.contains(d) {
                 for c in children {
                     grew |= scan.revisions.contains_key(c) && live.insert(c.clone());
@@ -174,6 +166,27 @@ async fn mark_repo(
             break;
         }
     }
+    live
+}
+
+/// Marks the live manifests of one repository and the blobs they reach. Returns the live
+/// manifests, and how many are live only for their age (untagged and unreferenced, but younger
+/// than the grace period).
+async fn mark_repo(
+    registry: &Registry,
+    scan: &RepoScan,
+    cutoff: SystemTime,
+    started: SystemTime,
+    marked: &mut BTreeSet<Digest>,
+) -> (BTreeSet<Digest>, usize) {
+    let mut refs = Refs::new();
+    for d in scan.revisions.keys() {
+        if let Some(r) = references(registry, d).await {
+            refs.insert(d.clone(), r);
+        }
+    }
+    let live = live_set(scan, &refs, cutoff);
+    let without_grace = live_set(scan, &refs, started);
     for d in &live {
         marked.insert(d.clone());
         if let Some((blobs, children, _)) = refs.get(d) {
@@ -181,7 +194,8 @@ async fn mark_repo(
             marked.extend(children.iter().cloned());
         }
     }
-    live
+    let young = live.difference(&without_grace).count();
+    (live, young)
 }
 
 /// Runs a collection. With `dry_run`, nothing is deleted.
@@ -203,12 +217,8 @@ pub async fn collect(
             continue;
         };
         let scan = scan_repo(registry, name).await?;
-        let live = mark_repo(registry, &scan, cutoff, &mut marked).await;
-        report.young_manifests += scan
-            .revisions
-            .iter()
-            .filter(|(d, t)| !scan.tagged.contains(*d) && **t > cutoff)
-            .count();
+        let (live, young) = mark_repo(registry, &scan, cutoff, started, &mut marked).await;
+        report.young_manifests += young;
         for d in scan.revisions.keys().filter(|d| !live.contains(*d)) {
             report.manifests.push((scan.name.to_string(), d.clone()));
         }
@@ -325,4 +335,60 @@ pub fn spawn_scheduler(
             }
         }
     })
+}
+
+/// The storage a set of repositories uses.
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// Per repository: the bytes of the blobs (layers, configs and manifests) linked into it,
+    /// and how many there are.
+    pub repositories: Vec<(String, u64, usize)>,
+    /// The bytes of those blobs with each counted once, however many repositories share it.
+    pub total_bytes: u64,
+    pub total_blobs: usize,
+}
+
+/// Measures what `repositories` use: each blob linked into a repository (as a layer, config or
+/// manifest) is counted in that repository, and once in the total.
+pub async fn usage(registry: &Registry, repositories: &[String]) -> Result<Usage, RegistryError> {
+    let s = registry.storage();
+    let mut sizes: HashMap<Digest, u64> = HashMap::new();
+    let mut out = Usage::default();
+    for repo in repositories {
+        let Ok(name) = repo.parse::<RepoName>() else {
+            continue;
+        };
+        let mut linked: BTreeSet<Digest> = BTreeSet::new();
+        let layers = format!("{}/_layers", layout::repo_dir(&name));
+        for dir in [layers, layout::revisions_dir(&name)] {
+            linked.extend(
+                digests_under(registry, &dir)
+                    .await?
+                    .into_iter()
+                    .map(|(d, _)| d),
+            );
+        }
+        let mut bytes = 0;
+        let mut blobs = 0;
+        for d in linked {
+            let size = match sizes.get(&d) {
+                Some(n) => *n,
+                None => match s.stat(&layout::blob_data(&d)).await {
+                    Ok(m) => {
+                        sizes.insert(d, m.size);
+                        m.size
+                    }
+                    // A link whose blob is gone (swept, or never finished) uses nothing.
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            bytes += size;
+            blobs += 1;
+        }
+        out.repositories.push((repo.clone(), bytes, blobs));
+    }
+    out.total_bytes = sizes.values().sum();
+    out.total_blobs = sizes.len();
+    Ok(out)
 }

@@ -34,6 +34,11 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 /// across awaits).
 pub type RequestBody = BoxBody<Bytes, std::io::Error>;
 
+/// A request extension that asks for blob bytes themselves, never a redirect to the store: set by
+/// an embedding server reading blobs for itself (the edge's web UI). Clients cannot set it.
+#[derive(Debug, Clone, Copy)]
+pub struct NoRedirect;
+
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
@@ -623,7 +628,7 @@ async fn get_blob(
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
     let size = registry.blob_size(name, digest).await?;
-    if !head {
+    if !head && req.extensions().get::<NoRedirect>().is_none() {
         // With the store's redirect on, the bytes flow from the store (the client follows).
         if let Some(url) = registry.blob_redirect(digest).await? {
             return Ok(Response::builder()

@@ -28,16 +28,12 @@ impl Edge {
         ctx: &mut Ctx,
         user: &str,
     ) -> Result<()> {
-        let all = match &self.upstreams {
-            Upstreams::Embedded(registry) => registry
-                .catalog()
-                .await
-                .map_err(|e| Error::because(ErrorType::HTTPStatus(503), "listing the catalog", e)),
-            Upstreams::Urls { .. } => {
-                let header = session.req_header().clone();
-                self.upstream_catalog(ctx, &header).await
-            }
-        };
+        let req = session.req_header();
+        let host = super::client_host(req);
+        let authorization = req.headers.get(http::header::AUTHORIZATION).cloned();
+        let all = self
+            .whole_catalog(host.as_ref(), authorization.as_ref(), ctx.proto)
+            .await;
         let all = match all {
             Ok(all) => all,
             Err(e) => {
@@ -76,63 +72,51 @@ impl Edge {
         Ok(())
     }
 
-    /// The whole catalog of the upstream, page by page (bounded in pages and names).
-    async fn upstream_catalog(
+    /// The whole catalog (the embedded registry's, or the upstream's read in bounded pages),
+    /// before any filtering. `host` and `authorization` are the client's, as for every request
+    /// forwarded.
+    pub(crate) async fn whole_catalog(
         &self,
-        ctx: &mut Ctx,
-        client_req: &RequestHeader,
+        host: Option<&http::HeaderValue>,
+        authorization: Option<&http::HeaderValue>,
+        proto: &'static str,
     ) -> Result<Vec<String>> {
+        if let Upstreams::Embedded(registry) = &self.upstreams {
+            return registry
+                .catalog()
+                .await
+                .map_err(|e| Error::because(ErrorType::HTTPStatus(503), "listing the catalog", e));
+        }
         let mut all: Vec<String> = Vec::new();
         let mut last: Option<String> = None;
-        let connector = &self.catalog_connector;
         for _ in 0..CATALOG_MAX_PAGES {
-            let peer = self.pick(ctx)?;
             let mut q = vec![("n", CATALOG_PAGE.to_string())];
             if let Some(l) = &last {
                 q.push(("last", l.clone()));
             }
             let target = request::target("/v2/_catalog", &q);
-            let mut req = RequestHeader::build("GET", target.as_bytes(), Some(4))?;
-            // The client's Host, as for every request forwarded (Distribution builds URLs from it).
-            if let Some(h) = client_req.headers.get(http::header::HOST) {
-                req.insert_header(http::header::HOST, h.clone())?;
-            } else if let Some(a) = client_req.uri.authority() {
-                req.insert_header(http::header::HOST, a.as_str().to_owned())?;
+            let mut headers = Vec::new();
+            if let Some(a) = authorization {
+                headers.push((http::header::AUTHORIZATION, a.clone()));
             }
-            if let Some(a) = client_req.headers.get(http::header::AUTHORIZATION) {
-                req.insert_header(http::header::AUTHORIZATION, a.clone())?;
-            }
-            req.insert_header("X-Forwarded-Proto", ctx.proto)?;
-            let (mut s, _) = connector.get_http_session(&*peer).await?;
-            s.set_read_timeout(Some(self.timeouts.upstream_read));
-            s.write_request_header(Box::new(req)).await?;
-            s.finish_request_body().await?;
-            s.read_response_header().await?;
-            let status = s.response_header().map_or(0, |h| h.status.as_u16());
-            let more = s
-                .response_header()
-                .and_then(|h| h.headers.get(http::header::LINK))
-                .is_some();
-            let mut body = Vec::new();
-            while let Some(chunk) = s.read_response_body().await? {
-                if body.len() + chunk.len() > CATALOG_MAX_PAGE_BYTES {
-                    return Err(Error::explain(
-                        ErrorType::InvalidHTTPHeader,
-                        "catalog page too large",
-                    ));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            connector
-                .release_http_session(s, &*peer, Some(Duration::from_secs(60)))
-                .await;
-            if status != 200 {
+            let answer = self
+                .upstream_call(
+                    http::Method::GET,
+                    &target,
+                    host,
+                    proto,
+                    headers,
+                    CATALOG_MAX_PAGE_BYTES,
+                )
+                .await?;
+            if answer.status != 200 {
                 return Err(Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    format!("the upstream answered the catalog with {status}"),
+                    ErrorType::HTTPStatus(answer.status),
+                    format!("the upstream answered the catalog with {}", answer.status),
                 ));
             }
-            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            let more = answer.headers.get(http::header::LINK).is_some();
+            let v: serde_json::Value = serde_json::from_slice(&answer.body).map_err(|e| {
                 Error::because(
                     ErrorType::InvalidHTTPHeader,
                     "catalog answer is not JSON",
@@ -162,4 +146,62 @@ impl Edge {
             "the upstream catalog has too many pages",
         ))
     }
+
+    /// One request of the edge's own to an upstream (no body), its answer read whole up to
+    /// `limit` bytes.
+    pub(crate) async fn upstream_call(
+        &self,
+        method: http::Method,
+        target: &str,
+        host: Option<&http::HeaderValue>,
+        proto: &'static str,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+        limit: usize,
+    ) -> Result<Answer> {
+        let (_, peer) = self.pick_peer()?;
+        let connector = &self.catalog_connector;
+        let mut req = RequestHeader::build(method, target.as_bytes(), Some(4))?;
+        if let Some(h) = host {
+            req.insert_header(http::header::HOST, h.clone())?;
+        }
+        for (k, v) in headers {
+            req.insert_header(k, v)?;
+        }
+        req.insert_header("X-Forwarded-Proto", proto)?;
+        let (mut s, _) = connector.get_http_session(&*peer).await?;
+        s.set_read_timeout(Some(self.timeouts.upstream_read));
+        s.write_request_header(Box::new(req)).await?;
+        s.finish_request_body().await?;
+        s.read_response_header().await?;
+        let (status, headers) = s
+            .response_header()
+            .map_or((0, http::HeaderMap::new()), |h| {
+                (h.status.as_u16(), h.headers.clone())
+            });
+        let mut body = Vec::new();
+        while let Some(chunk) = s.read_response_body().await? {
+            if body.len() + chunk.len() > limit {
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    format!("the upstream's answer to {target} is over {limit} bytes"),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        connector
+            .release_http_session(s, &*peer, Some(Duration::from_secs(60)))
+            .await;
+        Ok(Answer {
+            status,
+            headers,
+            body: Bytes::from(body),
+        })
+    }
+}
+
+/// An answer read whole.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
 }

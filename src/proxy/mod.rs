@@ -28,6 +28,8 @@ use registry_core::routes::Route;
 mod catalog;
 mod embedded;
 
+pub(crate) use catalog::Answer;
+
 /// How long an upstream that refused a connection is passed over.
 const UPSTREAM_COOLDOWN: Duration = Duration::from_secs(5);
 
@@ -93,24 +95,37 @@ pub struct Edge {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Whether clients reach the edge over TLS (`[tls] enabled`).
     pub tls: bool,
+    /// The web UI at `/`, unless `[ui] enabled = false`.
+    pub ui: Option<crate::ui::Ui>,
+}
+
+/// What a login check decided.
+pub(crate) enum Verdict {
+    /// The user, as the htpasswd file names it.
+    Ok(String),
+    Invalid,
+    /// Too many failures from this address: how long until the next try.
+    Locked(Duration),
+    /// Too many checks in flight: how long to wait, and why.
+    Busy(Duration, &'static str),
 }
 
 /// Per-request state.
 pub struct Ctx {
     start: Instant,
-    route: &'static str,
+    pub(crate) route: &'static str,
     user: Option<String>,
     /// The final status sent (recorded here: after a `100 Continue` pingora reports 100).
-    status: u16,
+    pub(crate) status: u16,
     /// Upstream index of the current attempt, and attempts so far.
     upstream: usize,
     tries: usize,
     counted: bool,
     /// The client's address.
-    client: Option<IpAddr>,
+    pub(crate) client: Option<IpAddr>,
     /// The scheme the client used: `https`, or `http` when TLS is off here and no trusted
     /// proxy says otherwise.
-    proto: &'static str,
+    pub(crate) proto: &'static str,
     /// The request as parsed and authorized: only its canonical form goes on.
     api: Option<ApiRequest>,
     /// How long the answer took, when the edge answered itself (so a [`linger`] afterwards is
@@ -161,6 +176,15 @@ fn client_ip(session: &Session, trusted: &crate::client::Trusted) -> Option<IpAd
     Some(trusted.forwarded_client(peer, forwarded))
 }
 
+/// The host the client addressed: its `Host` header, or the authority of an HTTP/2 request.
+pub(crate) fn client_host(req: &RequestHeader) -> Option<http::HeaderValue> {
+    req.headers.get(http::header::HOST).cloned().or_else(|| {
+        req.uri
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
 /// Whether the request carries a body the edge did not read.
 fn has_body(req: &RequestHeader) -> bool {
     let cl = req
@@ -204,7 +228,7 @@ async fn linger(session: &mut Session) {
 
 impl Edge {
     /// Sets the configured headers (`[server.headers]`) on an answer, replacing an upstream's.
-    fn decorate(&self, h: &mut ResponseHeader) -> Result<()> {
+    pub(crate) fn decorate(&self, h: &mut ResponseHeader) -> Result<()> {
         for (name, _) in &self.headers {
             h.remove_header(name);
         }
@@ -237,7 +261,7 @@ impl Edge {
 
     /// Answers with an error of the registry's shape.
     #[allow(clippy::too_many_arguments)]
-    async fn respond(
+    pub(crate) async fn respond(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
@@ -276,53 +300,46 @@ impl Edge {
         Ok(())
     }
 
-    /// Authentication: the user, or `None` when the request was answered here (401, 429).
-    /// Cached credentials pass without bcrypt and without the lockout (they are known to be
-    /// right); anything else reserves an attempt with the lockout before bcrypt runs, on its own
-    /// bounded pool.
-    async fn authenticate(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<String>> {
-        const INVALID: &str = "invalid username or password";
-        let header = session
-            .req_header()
-            .headers
-            .get(http::header::AUTHORIZATION);
-        let parsed = header.map_or(Err(Denied::Missing), |h| parse_basic(h.as_bytes()));
-        let ip = ctx.client;
-        let (user, password) = match parsed {
-            Ok(c) => c,
-            // A probe without credentials, or a header that is not Basic: not a guess.
-            Err(Denied::Malformed) => {
-                let msg = "malformed Authorization header: Basic credentials expected";
-                return self.refuse(session, ctx, "malformed", 401, msg, None).await;
-            }
-            Err(_) => {
-                let msg = "authentication required";
-                return self.refuse(session, ctx, "missing", 401, msg, None).await;
-            }
+    /// Checks a login (Basic credentials of an API request, or the web UI's login form) with
+    /// the lockout, and counts the outcome. Cached credentials pass without bcrypt and without
+    /// the lockout (they are known to be right); anything else reserves an attempt with the
+    /// lockout before bcrypt runs, on its own bounded pool.
+    pub(crate) async fn check_login(
+        &self,
+        ip: Option<IpAddr>,
+        user: &str,
+        password: &str,
+    ) -> Verdict {
+        let verdict = self.verdict(ip, user, password).await;
+        let outcome = match &verdict {
+            Verdict::Ok(_) => "ok",
+            Verdict::Invalid => "invalid",
+            Verdict::Locked(_) => "locked_out",
+            Verdict::Busy(..) => "busy",
         };
-        if let Some(u) = self.auth.cached(&user, &password) {
-            metrics::AUTH.with_label_values(&["ok"]).inc();
+        metrics::AUTH.with_label_values(&[outcome]).inc();
+        verdict
+    }
+
+    async fn verdict(&self, ip: Option<IpAddr>, user: &str, password: &str) -> Verdict {
+        if let Some(u) = self.auth.cached(user, password) {
             metrics::AUTH_CACHE.with_label_values(&["hit"]).inc();
-            return Ok(Some(u.0));
+            return Verdict::Ok(u.0);
         }
         if user.len() > MAX_USER_LEN {
             // Not looked at, not stored: counted against the address only.
             if let Some(wait) = ip.and_then(|ip| self.lockout.blocked(ip)) {
-                return self.locked_out(session, ctx, wait).await;
+                return Verdict::Locked(wait);
             }
             self.lockout.failure_without_check(ip);
-            return self
-                .refuse(session, ctx, "invalid", 401, INVALID, None)
-                .await;
+            return Verdict::Invalid;
         }
-        let attempt = match self.lockout.begin(ip, &user) {
+        let attempt = match self.lockout.begin(ip, user) {
             Ok(a) => a,
-            Err(Refused::Blocked(wait)) => return self.locked_out(session, ctx, wait).await,
+            Err(Refused::Blocked(wait)) => return Verdict::Locked(wait),
             Err(Refused::Busy(wait)) => {
                 let msg = "too many logins being checked for this client; retry shortly";
-                return self
-                    .refuse(session, ctx, "busy", 429, msg, Some(wait))
-                    .await;
+                return Verdict::Busy(wait, msg);
             }
         };
         if let Some(d) = attempt.user_delay {
@@ -330,50 +347,70 @@ impl Edge {
             tokio::time::sleep(d).await;
         }
         metrics::AUTH_CACHE.with_label_values(&["miss"]).inc();
-        match self.auth.check(&user, &password).await {
+        match self.auth.check(user, password).await {
             Ok(Ok(u)) => {
                 attempt.succeeded();
-                metrics::AUTH.with_label_values(&["ok"]).inc();
-                Ok(Some(u.0))
+                Verdict::Ok(u.0)
             }
             Ok(Err(_)) => {
                 attempt.failed();
-                self.refuse(session, ctx, "invalid", 401, INVALID, None)
-                    .await
+                Verdict::Invalid
             }
             Err(Busy) => {
                 // Dropped unresolved: not counted as a failure.
                 drop(attempt);
                 let msg = "too many logins being checked; retry shortly";
-                let wait = Some(Duration::from_secs(1));
-                self.refuse(session, ctx, "busy", 429, msg, wait).await
+                Verdict::Busy(Duration::from_secs(1), msg)
             }
         }
     }
 
-    async fn locked_out(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        wait: Duration,
-    ) -> Result<Option<String>> {
-        let msg = "too many failed logins; try again later";
-        self.refuse(session, ctx, "locked_out", 429, msg, Some(wait))
-            .await
+    /// Authentication of an API request: the user, or `None` when the request was answered
+    /// here (401, 429).
+    async fn authenticate(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<String>> {
+        let header = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION);
+        let parsed = header.map_or(Err(Denied::Missing), |h| parse_basic(h.as_bytes()));
+        let (user, password) = match parsed {
+            Ok(c) => c,
+            // A probe without credentials, or a header that is not Basic: not a guess.
+            Err(Denied::Malformed) => {
+                metrics::AUTH.with_label_values(&["malformed"]).inc();
+                let msg = "malformed Authorization header: Basic credentials expected";
+                return self.refuse(session, ctx, 401, msg, None).await;
+            }
+            Err(_) => {
+                metrics::AUTH.with_label_values(&["missing"]).inc();
+                let msg = "authentication required";
+                return self.refuse(session, ctx, 401, msg, None).await;
+            }
+        };
+        match self.check_login(ctx.client, &user, &password).await {
+            Verdict::Ok(u) => Ok(Some(u)),
+            Verdict::Invalid => {
+                let msg = "invalid username or password";
+                self.refuse(session, ctx, 401, msg, None).await
+            }
+            Verdict::Locked(wait) => {
+                let msg = "too many failed logins; try again later";
+                self.refuse(session, ctx, 429, msg, Some(wait)).await
+            }
+            Verdict::Busy(wait, msg) => self.refuse(session, ctx, 429, msg, Some(wait)).await,
+        }
     }
 
-    /// Refuses a login: counts `outcome`, answers 401 (with the challenge) or 429 (with
-    /// `Retry-After`), and says there is no user.
+    /// Refuses a login: answers 401 (with the challenge) or 429 (with `Retry-After`), and says
+    /// there is no user.
     async fn refuse(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        outcome: &str,
         status: u16,
         message: &str,
         retry_after: Option<Duration>,
     ) -> Result<Option<String>> {
-        metrics::AUTH.with_label_values(&[outcome]).inc();
         let (code, challenge) = if status == 401 {
             ("UNAUTHORIZED", true)
         } else {
@@ -404,9 +441,8 @@ impl Edge {
         let path = session.req_header().uri.path().to_owned();
         ctx.route = metrics::route_class(&path);
         if !is_api(&path) {
-            let msg = "only /v2/ is served here";
-            self.respond(session, ctx, 404, "NOT_FOUND", msg, false, None)
-                .await?;
+            // The web UI (or the API's 404 when it is off).
+            self.serve_ui(session, ctx).await?;
             return Ok(true);
         }
         let Some(user) = self.authenticate(session, ctx).await? else {
@@ -448,7 +484,14 @@ impl Edge {
     }
 
     fn pick(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let mut peer = match &self.upstreams {
+        let (i, peer) = self.pick_peer()?;
+        ctx.upstream = i;
+        Ok(peer)
+    }
+
+    /// The next upstream in turn, preferring one that is not cooling down, with its timeouts.
+    fn pick_peer(&self) -> Result<(usize, Box<HttpPeer>)> {
+        let (i, mut peer) = match &self.upstreams {
             Upstreams::Embedded(_) => {
                 return Err(Error::explain(
                     ErrorType::InternalError,
@@ -462,14 +505,12 @@ impl Edge {
             } => {
                 let now = now_millis();
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                // Prefer an upstream that is not cooling down; else take the next in turn.
                 let i = (0..list.len())
                     .map(|k| (start + k) % list.len())
                     .find(|&i| down_until[i].load(Ordering::Relaxed) <= now)
                     .unwrap_or(start % list.len());
-                ctx.upstream = i;
                 let u = &list[i];
-                HttpPeer::new(u.addr.as_str(), u.tls, u.host.clone())
+                (i, HttpPeer::new(u.addr.as_str(), u.tls, u.host.clone()))
             }
         };
         let t = self.timeouts;
@@ -477,7 +518,7 @@ impl Edge {
         peer.options.read_timeout = Some(t.upstream_read);
         peer.options.write_timeout = Some(t.upstream_write);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Ok(Box::new(peer))
+        Ok((i, Box::new(peer)))
     }
 }
 

@@ -7,34 +7,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod env;
+
+pub use env::REGISTRY_COMPAT;
+
 /// Prefix of the environment variables that override config keys.
 pub const ENV_PREFIX: &str = "REGISTRY_EDGE_";
 /// The config file the default start reads.
 pub const DEFAULT_CONFIG: &str = "proxy.toml";
 
 const SECTIONS: &[&str] = &[
-    "server", "tls", "auth", "upstream", "storage", "metrics", "access", "lockout", "log",
-];
-
-/// `registry:2` settings the edge shares, accepted under their Distribution names so a compose
-/// file written for `registry:2` moves over with its environment. `REGISTRY_EDGE_*` wins.
-pub const REGISTRY_COMPAT: &[(&str, &str, &str)] = &[
-    ("REGISTRY_HTTP_ADDR", "server", "listen"),
-    ("REGISTRY_HTTP_TLS_CERTIFICATE", "tls", "cert"),
-    ("REGISTRY_HTTP_TLS_KEY", "tls", "key"),
-    ("REGISTRY_AUTH_HTPASSWD_PATH", "auth", "htpasswd"),
-    ("REGISTRY_AUTH_HTPASSWD_REALM", "auth", "realm"),
-    (
-        "REGISTRY_STORAGE_DELETE_ENABLED",
-        "storage",
-        "delete_enabled",
-    ),
-    (
-        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
-        "storage",
-        "root",
-    ),
-    ("REGISTRY_STORAGE", "storage", "driver"),
+    "server", "tls", "auth", "upstream", "storage", "metrics", "access", "lockout", "log", "ui",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +32,25 @@ struct FileConfig {
     access: AccessSection,
     lockout: LockoutSection,
     log: LogSection,
+    ui: UiSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct UiSection {
+    enabled: bool,
+    title: String,
+    session_ttl: String,
+}
+
+impl Default for UiSection {
+    fn default() -> Self {
+        UiSection {
+            enabled: true,
+            title: "registry-edge".into(),
+            session_ttl: "12h".into(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +120,8 @@ struct ServerSection {
     proxy_protocol: bool,
     upgrade_socket: PathBuf,
     headers: std::collections::BTreeMap<String, toml::Value>,
+    secret: String,
+    secret_file: PathBuf,
 }
 
 impl Default for ServerSection {
@@ -135,6 +139,8 @@ impl Default for ServerSection {
             proxy_protocol: false,
             upgrade_socket: "upgrade.sock".into(),
             headers: Default::default(),
+            secret: String::new(),
+            secret_file: PathBuf::new(),
         }
     }
 }
@@ -262,6 +268,13 @@ pub struct UpstreamUrl {
     pub host: String,
 }
 
+/// The web UI's settings (`[ui]`).
+#[derive(Debug, Clone)]
+pub struct UiConfig {
+    pub title: String,
+    pub session_ttl: Duration,
+}
+
 /// The validated configuration of the edge.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -304,6 +317,14 @@ pub struct Config {
     pub access: crate::access::Rules,
     pub lockout: crate::lockout::Policy,
     pub log_json: bool,
+    /// The web UI at `/`; `None` when `[ui] enabled = false`.
+    pub ui: Option<UiConfig>,
+    /// The shared secret (`[server] secret`, or registry:2's `REGISTRY_HTTP_SECRET`); `None`:
+    /// one is generated into `secret_file`.
+    pub secret: Option<std::sync::Arc<crate::secret::Secret>>,
+    /// Where a generated secret is kept: `[server] secret_file`, by default `secret` beside
+    /// the htpasswd file.
+    pub secret_file: PathBuf,
     /// `REGISTRY_*` (registry:2) settings in the environment that the edge does not honour and
     /// that change nothing it guards; named in a warning at start.
     pub ignored_env: Vec<String>,
@@ -379,40 +400,6 @@ fn response_header(
     Ok(out)
 }
 
-/// `[a, b]` (registry:2's YAML list form, as its environment takes it) as a TOML array of
-/// strings; anything else as one string.
-fn yaml_list(raw: &str) -> toml::Value {
-    match raw
-        .trim()
-        .strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-    {
-        Some(inner) => toml::Value::Array(
-            inner
-                .split(',')
-                .map(|p| p.trim().trim_matches('"').trim_matches('\''))
-                .filter(|p| !p.is_empty())
-                .map(|p| toml::Value::String(p.to_owned()))
-                .collect(),
-        ),
-        None => toml::Value::String(raw.to_owned()),
-    }
-}
-
-/// registry:2's per-header variables.
-const REGISTRY_HEADERS: &str = "REGISTRY_HTTP_HEADERS_";
-
-/// Keys whose environment value may be a comma-separated list.
-const LIST_KEYS: &[(&str, &str)] = &[("tls", "hosts"), ("upstream", "urls")];
-
-/// Parses an environment value as a TOML value (`true`, `3`, `["a"]`), else takes it as a string.
-fn env_value(raw: &str) -> toml::Value {
-    toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
-}
-
 impl Config {
     /// Loads `path` (which may be absent only when `optional`) with overrides from `env`.
     pub fn load(
@@ -435,133 +422,7 @@ impl Config {
             origin: origin.clone(),
             message: e.to_string(),
         })?;
-        let mut overridden = Vec::new();
-        let env: Vec<(String, String)> = env.into_iter().collect();
-        // registry:2 settings the edge does not honour: refused when they would change where
-        // data goes or who may do what, otherwise warned about at start.
-        let mut honoured: Vec<&str> = REGISTRY_COMPAT.iter().map(|(n, _, _)| *n).collect();
-        honoured.push("REGISTRY_AUTH");
-        honoured.extend(
-            registry_core::config::REGISTRY_S3_ENV
-                .iter()
-                .map(|(n, _)| *n),
-        );
-        honoured.push(registry_core::config::REGISTRY_REDIRECT_DISABLE);
-        let mut ignored_env = Vec::new();
-        let pairs = env
-            .iter()
-            .filter(|(k, _)| !k.starts_with(REGISTRY_HEADERS))
-            .map(|(k, v)| (k.as_str(), v.as_str()));
-        for u in registry_core::config::check_registry_env(pairs, &honoured) {
-            match u {
-                registry_core::config::Unsupported::Refused { name, why } => {
-                    return Err(ConfigError::Value {
-                        origin: "environment".into(),
-                        key: name,
-                        message: format!("registry:2 setting not supported: {why}"),
-                    })
-                }
-                registry_core::config::Unsupported::Ignored { name } => ignored_env.push(name),
-            }
-        }
-        // registry:2's `http.headers`, one variable per header:
-        // `REGISTRY_HTTP_HEADERS_X-CONTENT-TYPE-OPTIONS=[nosniff]`.
-        for (name, raw) in &env {
-            let Some(header) = name.strip_prefix(REGISTRY_HEADERS) else {
-                continue;
-            };
-            if let toml::Value::Table(server) = table
-                .entry("server")
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            {
-                if let toml::Value::Table(h) = server
-                    .entry("headers")
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                {
-                    h.insert(header.to_owned(), yaml_list(raw));
-                }
-            }
-            overridden.push(name.clone());
-        }
-        for (name, section, key) in REGISTRY_COMPAT {
-            let edge_name = format!("{ENV_PREFIX}{}_{}", section, key).to_ascii_uppercase();
-            let Some((_, raw)) = env.iter().find(|(k, _)| k == name) else {
-                continue;
-            };
-            if env.iter().any(|(k, _)| *k == edge_name) {
-                continue;
-            }
-            let value = if *key == "listen" && raw.starts_with(':') {
-                // registry:2 accepts ":5000" for all interfaces.
-                toml::Value::String(format!("0.0.0.0{raw}"))
-            } else if *key == "delete_enabled" {
-                env_value(raw)
-            } else {
-                toml::Value::String(raw.clone())
-            };
-            if let toml::Value::Table(t) = table
-                .entry(*section)
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            {
-                t.insert((*key).to_owned(), value);
-            }
-            overridden.push((*name).to_owned());
-        }
-        // registry:2's S3 variables set keys of `[storage.s3]`, mapped as registry-core maps them.
-        for (name, raw) in &env {
-            let Some((key, value)) = registry_core::config::registry_s3_setting(name, raw) else {
-                continue;
-            };
-            if let toml::Value::Table(storage) = table
-                .entry("storage")
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            {
-                if let toml::Value::Table(s3) = storage
-                    .entry("s3")
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                {
-                    s3.insert(key.to_owned(), value);
-                }
-            }
-            overridden.push(name.clone());
-        }
-        for (name, raw) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let rest = rest.to_ascii_lowercase();
-            let Some((section, key)) = SECTIONS
-                .iter()
-                .find_map(|s| rest.strip_prefix(&format!("{s}_")).map(|k| (*s, k)))
-            else {
-                return Err(ConfigError::Value {
-                    origin: "environment".into(),
-                    key: name,
-                    message: format!("unknown section; sections are {}", SECTIONS.join(", ")),
-                });
-            };
-            let entry = table
-                .entry(section)
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let mut value = env_value(&raw);
-            // Lists also come comma-separated (`REGISTRY_EDGE_TLS_HOSTS=a.example,10.0.0.5`),
-            // the form compose files and shells pass most easily.
-            if LIST_KEYS.contains(&(section, key)) {
-                if let toml::Value::String(s) = &value {
-                    value = toml::Value::Array(
-                        s.split(',')
-                            .map(str::trim)
-                            .filter(|p| !p.is_empty())
-                            .map(|p| toml::Value::String(p.to_owned()))
-                            .collect(),
-                    );
-                }
-            }
-            if let toml::Value::Table(t) = entry {
-                t.insert(key.to_owned(), value);
-            }
-            overridden.push(name);
-        }
+        let (overridden, ignored_env) = env::apply(&mut table, env)?;
         let origin = if overridden.is_empty() {
             origin
         } else {
@@ -675,6 +536,44 @@ impl Config {
                 ))
             }
         };
+        let secret = match f.server.secret.as_str() {
+            "" => None,
+            s if s.len() < crate::secret::MIN_SECRET_LEN => {
+                return Err(bad(
+                    "server.secret",
+                    format!(
+                        "is {} characters; use at least {} (e.g. `openssl rand -hex 32`)",
+                        s.len(),
+                        crate::secret::MIN_SECRET_LEN
+                    ),
+                ))
+            }
+            s => Some(std::sync::Arc::new(crate::secret::Secret::from_configured(
+                s,
+            ))),
+        };
+        let secret_file = if f.server.secret_file.as_os_str().is_empty() {
+            f.auth
+                .htpasswd
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join("secret")
+        } else {
+            f.server.secret_file.clone()
+        };
+        let ui = if f.ui.enabled {
+            let title = f.ui.title.trim().to_owned();
+            if title.is_empty() || title.chars().count() > 100 {
+                return Err(bad("ui.title", "must be 1 to 100 characters".into()));
+            }
+            let session_ttl = duration("ui.session_ttl", &f.ui.session_ttl)?;
+            if session_ttl < Duration::from_secs(60) {
+                return Err(bad("ui.session_ttl", "must be at least 1m".into()));
+            }
+            Some(UiConfig { title, session_ttl })
+        } else {
+            None
+        };
         let mut nets = Vec::new();
         for p in &f.server.trusted_proxies {
             nets.push(p.parse().map_err(|m| bad("server.trusted_proxies", m))?);
@@ -772,6 +671,9 @@ impl Config {
             access,
             lockout,
             log_json,
+            ui,
+            secret,
+            secret_file,
             ignored_env: Vec::new(),
             source: (PathBuf::new(), true),
         })
@@ -834,251 +736,4 @@ pub fn parse_url(u: &str) -> Result<UpstreamUrl, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("proxy.toml");
-        std::fs::write(&p, text).unwrap();
-        Config::load(
-            &p,
-            false,
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-    }
-
-    #[test]
-    fn defaults_and_overrides() {
-        let c = load("", &[]).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:5000");
-        assert!(matches!(c.upstream, Upstream::Embedded(_)));
-        let c = load(
-            "[server]\nlisten = \"127.0.0.1:1\"\n",
-            &[
-                ("REGISTRY_EDGE_SERVER_LISTEN", "127.0.0.1:2"),
-                ("REGISTRY_EDGE_STORAGE_DELETE_ENABLED", "false"),
-                ("REGISTRY_EDGE_UPSTREAM_URLS", "[\"http://127.0.0.1:5000\"]"),
-                ("OTHER", "x"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(c.listen, "127.0.0.1:2");
-        assert_eq!(
-            match c.upstream {
-                Upstream::Urls(u) => u,
-                _ => panic!(),
-            },
-            vec![UpstreamUrl {
-                addr: "127.0.0.1:5000".into(),
-                tls: false,
-                host: "127.0.0.1".into()
-            }]
-        );
-    }
-
-    #[test]
-    fn trusted_proxies_headers_and_tls_off() {
-        let c = load(
-            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nproxy_protocol = true\n[server.headers]\nStrict-Transport-Security = \"max-age=60\"\n[tls]\nenabled = false\n",
-            &[
-                ("REGISTRY_HTTP_HEADERS_X-CONTENT-TYPE-OPTIONS", "[nosniff]"),
-                ("REGISTRY_EDGE_TLS_HOSTS", "a.example, 10.0.0.5"),
-            ],
-        )
-        .unwrap();
-        assert!(c.trusted.contains("10.1.2.3".parse().unwrap()));
-        assert!(c.trusted.proxy_protocol);
-        assert!(!c.tls);
-        assert_eq!(c.hosts, vec!["a.example", "10.0.0.5"]);
-        let h: Vec<(String, String)> = c
-            .headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
-            .collect();
-        assert!(h.contains(&("strict-transport-security".into(), "max-age=60".into())));
-        assert!(h.contains(&("x-content-type-options".into(), "nosniff".into())));
-        for (text, key) in [
-            (
-                "[server]\ntrusted_proxies = [\"10.0.0.0/40\"]\n",
-                "server.trusted_proxies",
-            ),
-            ("[server]\nproxy_protocol = true\n", "server.proxy_protocol"),
-            (
-                "[server.headers]\nContent-Type = \"text/html\"\n",
-                "server.headers",
-            ),
-            ("[server.headers]\n\"Bad Name\" = \"x\"\n", "server.headers"),
-            (
-                "[server.headers]\nX-A = \"line\\nbreak\"\n",
-                "server.headers",
-            ),
-        ] {
-            let e = load(text, &[]).unwrap_err().to_string();
-            assert!(e.contains(key), "{text}: {e}");
-        }
-    }
-
-    #[test]
-    fn registry_2_environment_names() {
-        let c = load(
-            "",
-            &[
-                ("REGISTRY_HTTP_ADDR", ":5443"),
-                ("REGISTRY_HTTP_TLS_CERTIFICATE", "/certs/domain.crt"),
-                ("REGISTRY_HTTP_TLS_KEY", "/certs/domain.key"),
-                ("REGISTRY_AUTH_HTPASSWD_PATH", "/auth/htpasswd"),
-                ("REGISTRY_AUTH_HTPASSWD_REALM", "Registry Realm"),
-                ("REGISTRY_STORAGE_DELETE_ENABLED", "false"),
-                (
-                    "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
-                    "/var/lib/registry",
-                ),
-            ],
-        )
-        .unwrap();
-        assert_eq!(c.listen, "0.0.0.0:5443");
-        assert_eq!(c.cert, Path::new("/certs/domain.crt"));
-        assert_eq!(c.htpasswd, Path::new("/auth/htpasswd"));
-        let Upstream::Embedded(core) = &c.upstream else {
-            panic!()
-        };
-        assert!(!core.delete_enabled);
-        assert_eq!(core.root, Path::new("/var/lib/registry"));
-        // The S3 guide's environment block, over a [storage.s3] table in the file.
-        let c = load(
-            "[storage.s3]\nbucket = \"from-file\"\nregion = \"eu-west-1\"\n",
-            &[
-                ("REGISTRY_STORAGE", "s3"),
-                ("REGISTRY_STORAGE_S3_BUCKET", "images"),
-                ("REGISTRY_STORAGE_S3_REGIONENDPOINT", "http://minio:9000"),
-                ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
-                ("REGISTRY_STORAGE_S3_ACCESSKEY", "12345"),
-                ("REGISTRY_STORAGE_S3_SECRETKEY", "very-secret"),
-                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "16777216"),
-                ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
-            ],
-        )
-        .unwrap();
-        let Upstream::Embedded(core) = &c.upstream else {
-            panic!()
-        };
-        let registry_core::config::StorageDriver::S3(s3) = &core.storage else {
-            panic!("{:?}", core.storage)
-        };
-        assert_eq!(
-            (s3.bucket.as_str(), s3.region.as_str()),
-            ("images", "eu-west-1")
-        );
-        assert_eq!(s3.access_key.as_deref(), Some("12345"));
-        assert_eq!(
-            (s3.force_path_style, s3.part_size, s3.redirect),
-            (Some(true), 16 << 20, false)
-        );
-        assert!(!format!("{c:?}").contains("very-secret"));
-        let e = load(
-            "",
-            &[
-                ("REGISTRY_STORAGE", "s3"),
-                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "1024"),
-            ],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("storage.s3.part_size") || e.contains("storage.s3.bucket"),
-            "{e}"
-        );
-        // A filesystem registry's `redirect.disable` does not make it an S3 one.
-        let c = load("", &[("REGISTRY_STORAGE_REDIRECT_DISABLE", "true")]).unwrap();
-        let Upstream::Embedded(core) = &c.upstream else {
-            panic!()
-        };
-        assert_eq!(
-            core.storage,
-            registry_core::config::StorageDriver::Filesystem
-        );
-        // The edge's own name wins.
-        let c = load(
-            "",
-            &[
-                ("REGISTRY_HTTP_ADDR", ":1"),
-                ("REGISTRY_EDGE_SERVER_LISTEN", "127.0.0.1:2"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(c.listen, "127.0.0.1:2");
-        let e = load("", &[("REGISTRY_STORAGE_DELETE_ENABLED", "maybe")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("delete_enabled") && e.contains("REGISTRY_STORAGE_DELETE_ENABLED"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let e = load("[server]\nthreads = \"many\"\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("threads"), "{e}");
-        let e = load("[server]\nlisten = \"nowhere\"\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("server.listen"), "{e}");
-        let e = load("[tls]\nbogus = 1\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("bogus"), "{e}");
-        let e = load("", &[("REGISTRY_EDGE_SERVER_IDLE_TIMEOUT", "forever")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("server.idle_timeout") && e.contains("REGISTRY_EDGE_SERVER_IDLE_TIMEOUT"),
-            "{e}"
-        );
-        let e = load("", &[("REGISTRY_EDGE_STORAGE_DELETE_ENABLED", "yes")])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("delete_enabled"), "{e}");
-        let e = load("", &[("REGISTRY_EDGE_NOPE_X", "1")])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("REGISTRY_EDGE_NOPE_X"), "{e}");
-        let e = load("[upstream]\nurls = [\"ftp://x\"]\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("upstream.urls"), "{e}");
-        let e = load("[server\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("proxy.toml"), "{e}");
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            parse_url("https://reg.example.com").unwrap().addr,
-            "reg.example.com:443"
-        );
-        assert!(parse_url("http://h:99999").is_err());
-        assert!(parse_url("http://h/path").is_err());
-        assert!(parse_url("http://u:p@h").is_err());
-    }
-}
-
-#[cfg(test)]
-mod shipped_config {
-    use super::*;
-
-    /// The top-level proxy.toml parses and says exactly what the built-in defaults say.
-    #[test]
-    fn proxy_toml_matches_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
-        let mut shipped = Config::load(&path, false, std::iter::empty()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mut defaults =
-            Config::load(&dir.path().join("absent.toml"), true, std::iter::empty()).unwrap();
-        // Where each came from is the one difference allowed.
-        shipped.source = Default::default();
-        defaults.source = Default::default();
-        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
-    }
-}
+mod tests;

@@ -1,0 +1,249 @@
+//! Tests of the configuration: the file, the environment and registry:2's variables.
+
+mod parsing {
+    use super::super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("proxy.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(
+            &p,
+            false,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:5000");
+        assert!(matches!(c.upstream, Upstream::Embedded(_)));
+        let c = load(
+            "[server]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("REGISTRY_EDGE_SERVER_LISTEN", "127.0.0.1:2"),
+                ("REGISTRY_EDGE_STORAGE_DELETE_ENABLED", "false"),
+                ("REGISTRY_EDGE_UPSTREAM_URLS", "[\"http://127.0.0.1:5000\"]"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2");
+        assert_eq!(
+            match c.upstream {
+                Upstream::Urls(u) => u,
+                _ => panic!(),
+            },
+            vec![UpstreamUrl {
+                addr: "127.0.0.1:5000".into(),
+                tls: false,
+                host: "127.0.0.1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_headers_and_tls_off() {
+        let c = load(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nproxy_protocol = true\n[server.headers]\nStrict-Transport-Security = \"max-age=60\"\n[tls]\nenabled = false\n",
+            &[
+                ("REGISTRY_HTTP_HEADERS_X-CONTENT-TYPE-OPTIONS", "[nosniff]"),
+                ("REGISTRY_EDGE_TLS_HOSTS", "a.example, 10.0.0.5"),
+            ],
+        )
+        .unwrap();
+        assert!(c.trusted.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.trusted.proxy_protocol);
+        assert!(!c.tls);
+        assert_eq!(c.hosts, vec!["a.example", "10.0.0.5"]);
+        let h: Vec<(String, String)> = c
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        assert!(h.contains(&("strict-transport-security".into(), "max-age=60".into())));
+        assert!(h.contains(&("x-content-type-options".into(), "nosniff".into())));
+        for (text, key) in [
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/40\"]\n",
+                "server.trusted_proxies",
+            ),
+            ("[server]\nproxy_protocol = true\n", "server.proxy_protocol"),
+            (
+                "[server.headers]\nContent-Type = \"text/html\"\n",
+                "server.headers",
+            ),
+            ("[server.headers]\n\"Bad Name\" = \"x\"\n", "server.headers"),
+            (
+                "[server.headers]\nX-A = \"line\\nbreak\"\n",
+                "server.headers",
+            ),
+        ] {
+            let e = load(text, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn registry_2_environment_names() {
+        let c = load(
+            "",
+            &[
+                ("REGISTRY_HTTP_ADDR", ":5443"),
+                ("REGISTRY_HTTP_TLS_CERTIFICATE", "/certs/domain.crt"),
+                ("REGISTRY_HTTP_TLS_KEY", "/certs/domain.key"),
+                ("REGISTRY_AUTH_HTPASSWD_PATH", "/auth/htpasswd"),
+                ("REGISTRY_AUTH_HTPASSWD_REALM", "Registry Realm"),
+                ("REGISTRY_STORAGE_DELETE_ENABLED", "false"),
+                (
+                    "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+                    "/var/lib/registry",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:5443");
+        assert_eq!(c.cert, Path::new("/certs/domain.crt"));
+        assert_eq!(c.htpasswd, Path::new("/auth/htpasswd"));
+        let Upstream::Embedded(core) = &c.upstream else {
+            panic!()
+        };
+        assert!(!core.delete_enabled);
+        assert_eq!(core.root, Path::new("/var/lib/registry"));
+        // The S3 guide's environment block, over a [storage.s3] table in the file.
+        let c = load(
+            "[storage.s3]\nbucket = \"from-file\"\nregion = \"eu-west-1\"\n",
+            &[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "images"),
+                ("REGISTRY_STORAGE_S3_REGIONENDPOINT", "http://minio:9000"),
+                ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
+                ("REGISTRY_STORAGE_S3_ACCESSKEY", "12345"),
+                ("REGISTRY_STORAGE_S3_SECRETKEY", "very-secret"),
+                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "16777216"),
+                ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
+            ],
+        )
+        .unwrap();
+        let Upstream::Embedded(core) = &c.upstream else {
+            panic!()
+        };
+        let registry_core::config::StorageDriver::S3(s3) = &core.storage else {
+            panic!("{:?}", core.storage)
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.region.as_str()),
+            ("images", "eu-west-1")
+        );
+        assert_eq!(s3.access_key.as_deref(), Some("12345"));
+        assert_eq!(
+            (s3.force_path_style, s3.part_size, s3.redirect),
+            (Some(true), 16 << 20, false)
+        );
+        assert!(!format!("{c:?}").contains("very-secret"));
+        let e = load(
+            "",
+            &[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "1024"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("storage.s3.part_size") || e.contains("storage.s3.bucket"),
+            "{e}"
+        );
+        // A filesystem registry's `redirect.disable` does not make it an S3 one.
+        let c = load("", &[("REGISTRY_STORAGE_REDIRECT_DISABLE", "true")]).unwrap();
+        let Upstream::Embedded(core) = &c.upstream else {
+            panic!()
+        };
+        assert_eq!(
+            core.storage,
+            registry_core::config::StorageDriver::Filesystem
+        );
+        // The edge's own name wins.
+        let c = load(
+            "",
+            &[
+                ("REGISTRY_HTTP_ADDR", ":1"),
+                ("REGISTRY_EDGE_SERVER_LISTEN", "127.0.0.1:2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2");
+        let e = load("", &[("REGISTRY_STORAGE_DELETE_ENABLED", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("delete_enabled") && e.contains("REGISTRY_STORAGE_DELETE_ENABLED"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load("[server]\nthreads = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("threads"), "{e}");
+        let e = load("[server]\nlisten = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.listen"), "{e}");
+        let e = load("[tls]\nbogus = 1\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = load("", &[("REGISTRY_EDGE_SERVER_IDLE_TIMEOUT", "forever")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.idle_timeout") && e.contains("REGISTRY_EDGE_SERVER_IDLE_TIMEOUT"),
+            "{e}"
+        );
+        let e = load("", &[("REGISTRY_EDGE_STORAGE_DELETE_ENABLED", "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delete_enabled"), "{e}");
+        let e = load("", &[("REGISTRY_EDGE_NOPE_X", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("REGISTRY_EDGE_NOPE_X"), "{e}");
+        let e = load("[upstream]\nurls = [\"ftp://x\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream.urls"), "{e}");
+        let e = load("[server\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("proxy.toml"), "{e}");
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("https://reg.example.com").unwrap().addr,
+            "reg.example.com:443"
+        );
+        assert!(parse_url("http://h:99999").is_err());
+        assert!(parse_url("http://h/path").is_err());
+        assert!(parse_url("http://u:p@h").is_err());
+    }
+}
+
+mod shipped_config {
+    use super::super::*;
+
+    /// The top-level proxy.toml parses and says exactly what the built-in defaults say.
+    #[test]
+    fn proxy_toml_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
+        let mut shipped = Config::load(&path, false, std::iter::empty()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut defaults =
+            Config::load(&dir.path().join("absent.toml"), true, std::iter::empty()).unwrap();
+        // Where each came from is the one difference allowed.
+        shipped.source = Default::default();
+        defaults.source = Default::default();
+        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+}
