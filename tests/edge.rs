@@ -570,10 +570,21 @@ fn bad_configuration_stops_the_start_with_the_key_named() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("storage.s3.bucket"), "{err}");
     assert!(!err.contains("never-printed"), "{err}");
-    // Anything else unknown starts, with a warning naming it.
-    let edge = Edge::start_with(EdgeOpts::default().env("REGISTRY_HTTP_SECRET", "shared"));
+    // registry:2's shared secret is the edge's, and a short one is refused.
+    let (code, err) = edge_exit(
+        dir.path(),
+        &[("REGISTRY_HTTP_SECRET", "shared")],
+        &["check"],
+    );
+    assert_eq!(code, 64, "{err}");
     assert!(
-        edge.log_text().contains("REGISTRY_HTTP_SECRET"),
+        err.contains("server.secret") && err.contains("REGISTRY_HTTP_SECRET"),
+        "{err}"
+    );
+    // Anything else unknown starts, with a warning naming it.
+    let edge = Edge::start_with(EdgeOpts::default().env("REGISTRY_HTTP_HOST", "https://r.example"));
+    assert!(
+        edge.log_text().contains("REGISTRY_HTTP_HOST"),
         "{}",
         edge.log_text()
     );

@@ -56,6 +56,8 @@ pub struct Ui {
     pub gc_grace: Duration,
     /// What the repository pages show of each manifest, by digest.
     pub summaries: reader::Summaries,
+    /// The catalog, reused for a few seconds.
+    pub catalog: reader::CatalogCache,
 }
 
 impl Ui {
@@ -73,6 +75,7 @@ impl Ui {
             delete_enabled,
             gc_grace,
             summaries: reader::Summaries::default(),
+            catalog: reader::CatalogCache::default(),
         }
     }
 }
@@ -212,7 +215,15 @@ impl Edge {
                 .unwrap_or("")
                 .to_owned()
         };
-        let cookies = header(http::header::COOKIE);
+        // HTTP/2 clients may send each cookie in a header of its own (RFC 9113 8.2.3).
+        let cookies = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .take(64)
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join("; ");
         let accept_language = header(http::header::ACCEPT_LANGUAGE);
         let origin = header(http::header::ORIGIN);
         let content_type = header(http::header::CONTENT_TYPE);
@@ -267,6 +278,7 @@ impl Edge {
                 host: host_value.as_ref(),
                 proto: ctx.proto,
                 summaries: &ui.summaries,
+                catalog: &ui.catalog,
             },
         };
         let reply = match reply {

@@ -403,8 +403,8 @@ async fn repositories(edge: &Edge, page: &Page<'_>, user: &str) -> Reply {
         .take(MAX_FILTER)
         .collect::<String>()
         .to_lowercase();
-    let matched: Vec<String> = all
-        .into_iter()
+    let matched: Vec<&String> = all
+        .iter()
         .filter(|n| n.contains(&q) && edge.access.allows(user, n, Action::Pull))
         .collect();
     let pages = matched.len().div_ceil(PER_PAGE).max(1);
@@ -417,7 +417,7 @@ async fn repositories(edge: &Edge, page: &Page<'_>, user: &str) -> Reply {
         .iter()
         .skip((n - 1) * PER_PAGE)
         .take(PER_PAGE)
-        .cloned()
+        .map(|n| (*n).clone())
         .collect();
     let reader = page.reader;
     let rows: Vec<RepoRow> = futures_util::stream::iter(shown)
@@ -990,6 +990,7 @@ async fn delete(edge: &Edge, page: &Page<'_>, user: &str) -> Reply {
         }
     }
     tracing::info!(target: "access", user = %user, repo = %repo, deleted = ?done, "UI delete");
+    page.ui.catalog.clear();
     let mut msg = Vec::new();
     if !done.is_empty() {
         msg.push(fill(&t.deleted, &[("what", &done.join(", "))]));

@@ -79,6 +79,22 @@ impl Summaries {
     }
 }
 
+/// How long the UI reuses the catalog it read: paging and filtering through 10,000
+/// repositories then costs no walk of the storage per page, and a new repository shows within
+/// this time.
+const CATALOG_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The whole catalog as last read (before the access rules, which are applied per user).
+#[derive(Default)]
+pub struct CatalogCache(Mutex<Option<(std::time::Instant, std::sync::Arc<Vec<String>>)>>);
+
+impl CatalogCache {
+    /// Forgets the catalog (after a delete made here).
+    pub fn clear(&self) {
+        *self.0.lock().expect("catalog") = None;
+    }
+}
+
 /// Reads for one UI request.
 #[derive(Clone, Copy)]
 pub struct Reader<'a> {
@@ -86,6 +102,7 @@ pub struct Reader<'a> {
     pub host: Option<&'a http::HeaderValue>,
     pub proto: &'static str,
     pub summaries: &'a Summaries,
+    pub catalog: &'a CatalogCache,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ReadError {
@@ -174,12 +191,21 @@ impl Reader<'_> {
         }
     }
 
-    /// The catalog (before the access rules).
-    pub async fn catalog(&self) -> Result<Vec<String>, ReadError> {
-        self.edge
-            .whole_catalog(self.host, None, self.proto)
-            .await
-            .map_err(unavailable)
+    /// The catalog (before the access rules), read at most every [`CATALOG_TTL`].
+    pub async fn catalog(&self) -> Result<std::sync::Arc<Vec<String>>, ReadError> {
+        if let Some((at, list)) = &*self.catalog.0.lock().expect("catalog") {
+            if at.elapsed() < CATALOG_TTL {
+                return Ok(list.clone());
+            }
+        }
+        let list = std::sync::Arc::new(
+            self.edge
+                .whole_catalog(self.host, None, self.proto)
+                .await
+                .map_err(unavailable)?,
+        );
+        *self.catalog.0.lock().expect("catalog") = Some((std::time::Instant::now(), list.clone()));
+        Ok(list)
     }
 
     /// The tags of a repository.
