@@ -672,7 +672,11 @@ async fn state_changes_need_the_csrf_token_and_labels_render_inert() {
         page.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
         "{page}"
     );
-    assert_eq!(page.matches("<script").count(), 1, "only the UI's own script");
+    assert_eq!(
+        page.matches("<script").count(),
+        1,
+        "only the UI's own script"
+    );
     // Every page is served with the CSP and no inline script.
     let r = b
         .client
