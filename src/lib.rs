@@ -198,10 +198,33 @@ impl BackgroundService for CoreService {
     }
 }
 
+/// The upstream pool's active health checks, every `[upstream] health_interval`.
+struct HealthService {
+    pool: Arc<proxy::upstream::Pool>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let connector = pingora::connectors::http::Connector::new(None);
+        let every = self.pool.policy.health_interval;
+        loop {
+            let started = tokio::time::Instant::now();
+            self.pool.check(&connector).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + every) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// `/metrics` on its own listener: bound before start, or (after a binary upgrade, while the
 /// old process still holds the port) bound here as soon as the port is free.
 struct MetricsService {
     addr: String,
+    /// What `/healthz` answers.
+    health: registry_core::Health,
     listener: Mutex<Option<std::net::TcpListener>>,
 }
 
@@ -233,9 +256,13 @@ impl BackgroundService for MetricsService {
                 return;
             }
         };
-        let _ = registry_core::serve_metrics(l, async move {
-            let _ = shutdown.changed().await;
-        })
+        let _ = registry_core::serve_metrics(
+            l,
+            async move {
+                let _ = shutdown.changed().await;
+            },
+            self.health.clone(),
+        )
         .await;
     }
 }
@@ -314,7 +341,17 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
             server.add_service(background_service("registry-core", core));
             Upstreams::Embedded(registry)
         }
-        Upstream::Urls(urls) => Upstreams::urls(urls.clone()),
+        Upstream::Urls(urls) => {
+            let pool = Arc::new(proxy::upstream::Pool::new(
+                urls.clone(),
+                config.upstream_policy.clone(),
+            ));
+            server.add_service(background_service(
+                "upstream-health",
+                HealthService { pool: pool.clone() },
+            ));
+            Upstreams::Pool(pool)
+        }
     };
     if let Some(addr) = &config.metrics_listen {
         // After an upgrade the old process holds the port until it exits.
@@ -330,6 +367,22 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
             "metrics",
             MetricsService {
                 addr: addr.clone(),
+                health: match &upstreams {
+                    Upstreams::Embedded(r) => registry_core::registry_health(r.clone()),
+                    Upstreams::Pool(pool) => {
+                        let pool = pool.clone();
+                        Arc::new(move || {
+                            let ok = pool.any_healthy();
+                            Box::pin(async move {
+                                if ok {
+                                    Ok(())
+                                } else {
+                                    Err("no upstream passed its last health check".to_owned())
+                                }
+                            })
+                        })
+                    }
+                },
                 listener: Mutex::new(listener),
             },
         ));

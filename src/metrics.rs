@@ -57,6 +57,14 @@ metric!(UPSTREAM_ERRORS: IntCounterVec = register_int_counter_vec!(
     "Failures talking to the upstream registry, by kind: connect, timeout, other.",
     &["kind"]
 ));
+metric!(UPSTREAMS: IntGauge = register_int_gauge!(
+    "regedge_upstreams",
+    "Upstream addresses in the pool ([upstream] urls, each resolved to all its addresses)."
+));
+metric!(UPSTREAMS_HEALTHY: IntGauge = register_int_gauge!(
+    "regedge_upstreams_healthy",
+    "Upstream addresses that passed their last health check."
+));
 metric!(BUILD_INFO: IntGaugeVec = register_int_gauge_vec!(
     "regedge_build_info",
     "Always 1; the labels tell the version.",

@@ -111,10 +111,24 @@ pub fn spawn_upload_purger(
     })
 }
 
-/// Serves `/metrics` (Prometheus text format) on `listener` until `shutdown`.
+/// A readiness check: `Ok`, or why not.
+pub type Health =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The readiness of a registry: its store answers.
+pub fn registry_health(registry: Arc<Registry>) -> Health {
+    Arc::new(move || {
+        let r = registry.clone();
+        Box::pin(async move { r.ready().await })
+    })
+}
+
+/// Serves `/metrics` (Prometheus text format) and `/healthz` (200 `ok`, or 503 and why, from
+/// `health`) on `listener` until `shutdown`.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
+    health: Health,
 ) -> std::io::Result<()> {
     use http_body_util::Full;
     tokio::pin!(shutdown);
@@ -123,21 +137,33 @@ pub async fn serve_metrics(
             r = listener.accept() => r?,
             _ = &mut shutdown => return Ok(()),
         };
+        let health = health.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(
-                |req: http::Request<hyper::body::Incoming>| async move {
-                    let resp = if req.uri().path() == "/metrics" {
-                        http::Response::builder()
-                            .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                            .body(Full::new(bytes::Bytes::from(metrics::render())))
-                    } else {
-                        http::Response::builder()
-                            .status(404)
-                            .body(Full::new(bytes::Bytes::from_static(b"not found\n")))
-                    };
-                    Ok::<_, std::convert::Infallible>(resp.expect("well-formed"))
-                },
-            );
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let health = health.clone();
+                    async move {
+                        let resp = match req.uri().path() {
+                            "/metrics" => http::Response::builder()
+                                .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                                .body(Full::new(bytes::Bytes::from(metrics::render()))),
+                            "/healthz" => {
+                                let (status, text) = match health().await {
+                                    Ok(()) => (200, "ok\n".to_owned()),
+                                    Err(why) => (503, format!("not ready: {why}\n")),
+                                };
+                                http::Response::builder()
+                                    .status(status)
+                                    .header(http::header::CONTENT_TYPE, "text/plain")
+                                    .body(Full::new(bytes::Bytes::from(text)))
+                            }
+                            _ => http::Response::builder()
+                                .status(404)
+                                .body(Full::new(bytes::Bytes::from_static(b"not found\n"))),
+                        };
+                        Ok::<_, std::convert::Infallible>(resp.expect("well-formed"))
+                    }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                 .await;
@@ -162,9 +188,13 @@ pub async fn run(
             let l = tokio::net::TcpListener::bind(addr).await?;
             tracing::info!(addr = %l.local_addr()?, "metrics listening");
             let mut rx = stop_rx.clone();
-            Some(tokio::spawn(serve_metrics(l, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })))
+            Some(tokio::spawn(serve_metrics(
+                l,
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+                registry_health(registry.clone()),
+            )))
         }
         None => None,
     };

@@ -798,6 +798,15 @@ impl Registry {
         self.forget_upload(name, id);
     }
 
+    /// Whether the store answers (a listing of the repositories' root), for readiness checks.
+    pub async fn ready(&self) -> Result<(), String> {
+        match self.storage.list(&layout::repositories_root()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(format!("the store does not answer: {e}")),
+        }
+    }
+
     /// Every repository directory (with manifests, or only uploads or layers), sorted.
     pub(crate) async fn all_repository_dirs(&self) -> Result<Vec<String>, RegistryError> {
         Ok(self

@@ -196,6 +196,10 @@ struct UpstreamSection {
     connect_timeout: String,
     read_timeout: String,
     write_timeout: String,
+    balance: String,
+    upload_affinity: bool,
+    health_path: String,
+    health_interval: String,
 }
 
 impl Default for UpstreamSection {
@@ -205,6 +209,10 @@ impl Default for UpstreamSection {
             connect_timeout: "10s".into(),
             read_timeout: "15m".into(),
             write_timeout: "15m".into(),
+            balance: "round_robin".into(),
+            upload_affinity: true,
+            health_path: "/v2/".into(),
+            health_interval: "5s".into(),
         }
     }
 }
@@ -311,6 +319,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// How the upstream URLs are balanced and health-checked.
+    pub upstream_policy: crate::proxy::upstream::Policy,
     /// Where `/metrics` is served; `None` turns it off.
     pub metrics_listen: Option<String>,
     /// Who may do what; empty: every authenticated user may do everything.
@@ -574,6 +584,47 @@ impl Config {
         } else {
             None
         };
+        let upstream_policy = crate::proxy::upstream::Policy {
+            balance: match f.upstream.balance.as_str() {
+                "round_robin" => crate::proxy::upstream::Balance::RoundRobin,
+                "least_connections" => crate::proxy::upstream::Balance::LeastConnections,
+                other => {
+                    return Err(bad(
+                        "upstream.balance",
+                        format!("{other:?}: must be \"round_robin\" or \"least_connections\""),
+                    ))
+                }
+            },
+            upload_affinity: f.upstream.upload_affinity,
+            health_path: match f.upstream.health_path.as_str() {
+                p if p.starts_with('/') && http::uri::PathAndQuery::try_from(p).is_ok() => {
+                    p.to_owned()
+                }
+                p => {
+                    return Err(bad(
+                        "upstream.health_path",
+                        format!("{p:?}: must be a path like \"/v2/\""),
+                    ))
+                }
+            },
+            health_interval: duration("upstream.health_interval", &f.upstream.health_interval)?,
+        };
+        if upstream_policy.health_interval < Duration::from_millis(100) {
+            return Err(bad(
+                "upstream.health_interval",
+                "must be at least 100ms".into(),
+            ));
+        }
+        if ui.is_some() && secret.is_none() && f.upstream.urls.len() > 1 {
+            return Err(bad(
+                "server.secret",
+                format!(
+                    "[upstream] urls names {} registries: several edges usually front them, and each must accept the UI sessions the others sign. Set [server] secret (or REGISTRY_HTTP_SECRET) to the same value of at least {} characters on every edge (e.g. `openssl rand -hex 32`), or turn the UI off ([ui] enabled = false)",
+                    f.upstream.urls.len(),
+                    crate::secret::MIN_SECRET_LEN
+                ),
+            ));
+        }
         let mut nets = Vec::new();
         for p in &f.server.trusted_proxies {
             nets.push(p.parse().map_err(|m| bad("server.trusted_proxies", m))?);
@@ -667,6 +718,7 @@ impl Config {
             connect_timeout: duration("upstream.connect_timeout", &f.upstream.connect_timeout)?,
             read_timeout: duration("upstream.read_timeout", &f.upstream.read_timeout)?,
             write_timeout: duration("upstream.write_timeout", &f.upstream.write_timeout)?,
+            upstream_policy,
             metrics_listen,
             access,
             lockout,

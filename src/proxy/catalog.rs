@@ -1,14 +1,12 @@
 //! The catalog as a user may see it: the whole list (the embedded registry's, or an upstream's
 //! read in bounded pages) filtered to what the user may pull, then paged.
 
-use std::time::Duration;
-
 use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
-use super::{Ctx, Edge, Upstreams};
+use super::{Answer, Ctx, Edge, Upstreams};
 use crate::access::Action;
 use crate::request;
 
@@ -147,8 +145,8 @@ impl Edge {
         ))
     }
 
-    /// One request of the edge's own to an upstream (no body), its answer read whole up to
-    /// `limit` bytes.
+    /// One request of the edge's own to an upstream of the pool (no body), its answer read
+    /// whole up to `limit` bytes.
     pub(crate) async fn upstream_call(
         &self,
         method: http::Method,
@@ -158,50 +156,19 @@ impl Edge {
         headers: Vec<(http::HeaderName, http::HeaderValue)>,
         limit: usize,
     ) -> Result<Answer> {
-        let (_, peer) = self.pick_peer()?;
-        let connector = &self.catalog_connector;
-        let mut req = RequestHeader::build(method, target.as_bytes(), Some(4))?;
-        if let Some(h) = host {
-            req.insert_header(http::header::HOST, h.clone())?;
-        }
-        for (k, v) in headers {
-            req.insert_header(k, v)?;
-        }
-        req.insert_header("X-Forwarded-Proto", proto)?;
-        let (mut s, _) = connector.get_http_session(&*peer).await?;
-        s.set_read_timeout(Some(self.timeouts.upstream_read));
-        s.write_request_header(Box::new(req)).await?;
-        s.finish_request_body().await?;
-        s.read_response_header().await?;
-        let (status, headers) = s
-            .response_header()
-            .map_or((0, http::HeaderMap::new()), |h| {
-                (h.status.as_u16(), h.headers.clone())
-            });
-        let mut body = Vec::new();
-        while let Some(chunk) = s.read_response_body().await? {
-            if body.len() + chunk.len() > limit {
-                return Err(Error::explain(
-                    ErrorType::InvalidHTTPHeader,
-                    format!("the upstream's answer to {target} is over {limit} bytes"),
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        connector
-            .release_http_session(s, &*peer, Some(Duration::from_secs(60)))
-            .await;
-        Ok(Answer {
-            status,
+        let lease = self.lease(None, &[])?;
+        let peer = lease.0.peer(&self.timeouts);
+        super::upstream::call(
+            &self.catalog_connector,
+            &peer,
+            method,
+            target,
+            host,
+            proto,
             headers,
-            body: Bytes::from(body),
-        })
+            limit,
+            self.timeouts.upstream_read,
+        )
+        .await
     }
-}
-
-/// An answer read whole.
-pub(crate) struct Answer {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
 }

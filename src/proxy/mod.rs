@@ -5,9 +5,8 @@
 //! registry-core; [`catalog`] serves the filtered catalog.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,7 +18,6 @@ use registry_core::Registry;
 
 use crate::access::{self, Action, Rules};
 use crate::auth::{parse_basic, Authenticator, Busy, Denied};
-use crate::config::UpstreamUrl;
 use crate::lockout::{Lockout, Refused, MAX_USER_LEN};
 use crate::metrics;
 use crate::request::{self, ApiRequest};
@@ -27,47 +25,25 @@ use registry_core::routes::Route;
 
 mod catalog;
 mod embedded;
+pub mod upstream;
 
-pub(crate) use catalog::Answer;
-
-/// How long an upstream that refused a connection is passed over.
-const UPSTREAM_COOLDOWN: Duration = Duration::from_secs(5);
+pub(crate) use upstream::Answer;
 
 /// Where requests go.
 pub enum Upstreams {
     /// The embedded registry-core, called in this process (see [`Edge::serve_embedded`]).
     Embedded(Arc<Registry>),
-    /// Registries used in turn; one that refuses connections is passed over for a while.
-    Urls {
-        list: Vec<UpstreamUrl>,
-        next: AtomicUsize,
-        /// Per upstream: unix-millis until which it is considered down.
-        down_until: Vec<AtomicU64>,
-    },
+    /// Registries behind a balanced, health-checked pool ([`upstream`]).
+    Pool(Arc<upstream::Pool>),
 }
 
 impl Upstreams {
-    pub fn urls(list: Vec<UpstreamUrl>) -> Upstreams {
-        let down_until = list.iter().map(|_| AtomicU64::new(0)).collect();
-        Upstreams::Urls {
-            list,
-            next: AtomicUsize::new(0),
-            down_until,
-        }
-    }
-
     fn count(&self) -> usize {
         match self {
             Upstreams::Embedded(_) => 1,
-            Upstreams::Urls { list, .. } => list.len(),
+            Upstreams::Pool(p) => p.len().max(1),
         }
     }
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Timeouts applied to each request.
@@ -117,8 +93,10 @@ pub struct Ctx {
     user: Option<String>,
     /// The final status sent (recorded here: after a `100 Continue` pingora reports 100).
     pub(crate) status: u16,
-    /// Upstream index of the current attempt, and attempts so far.
-    upstream: usize,
+    /// The upstream of the current attempt (counted in flight while held), the addresses
+    /// tried, and attempts so far.
+    upstream: Option<upstream::Lease>,
+    tried: Vec<std::net::SocketAddr>,
     tries: usize,
     counted: bool,
     /// The client's address.
@@ -483,42 +461,33 @@ impl Edge {
         Ok(false)
     }
 
+    /// The upstream for this attempt: the pool's choice (an upload's requests by its id),
+    /// passing over the addresses already tried.
     fn pick(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (i, peer) = self.pick_peer()?;
-        ctx.upstream = i;
+        let upload = match ctx.api.as_ref().map(|a| &a.route) {
+            Some(Route::Upload { id, .. }) => Some(id.as_str()),
+            _ => None,
+        };
+        let lease = self.lease(upload, &ctx.tried)?;
+        ctx.tried.push(lease.0.addr);
+        let peer = lease.0.peer(&self.timeouts);
+        ctx.upstream = Some(lease);
         Ok(peer)
     }
 
-    /// The next upstream in turn, preferring one that is not cooling down, with its timeouts.
-    fn pick_peer(&self) -> Result<(usize, Box<HttpPeer>)> {
-        let (i, mut peer) = match &self.upstreams {
-            Upstreams::Embedded(_) => {
-                return Err(Error::explain(
-                    ErrorType::InternalError,
-                    "the embedded registry is not proxied to",
-                ))
-            }
-            Upstreams::Urls {
-                list,
-                next,
-                down_until,
-            } => {
-                let now = now_millis();
-                let start = next.fetch_add(1, Ordering::Relaxed);
-                let i = (0..list.len())
-                    .map(|k| (start + k) % list.len())
-                    .find(|&i| down_until[i].load(Ordering::Relaxed) <= now)
-                    .unwrap_or(start % list.len());
-                let u = &list[i];
-                (i, HttpPeer::new(u.addr.as_str(), u.tls, u.host.clone()))
-            }
-        };
-        let t = self.timeouts;
-        peer.options.connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.upstream_read);
-        peer.options.write_timeout = Some(t.upstream_write);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Ok((i, Box::new(peer)))
+    /// A target of the pool, held (counted in flight) until the lease is dropped.
+    fn lease(
+        &self,
+        upload: Option<&str>,
+        tried: &[std::net::SocketAddr],
+    ) -> Result<upstream::Lease> {
+        match &self.upstreams {
+            Upstreams::Embedded(_) => Err(Error::explain(
+                ErrorType::InternalError,
+                "the embedded registry is not proxied to",
+            )),
+            Upstreams::Pool(pool) => pool.choose(upload, tried),
+        }
     }
 }
 
@@ -532,7 +501,8 @@ impl ProxyHttp for Edge {
             route: "other",
             user: None,
             status: 0,
-            upstream: 0,
+            upstream: None,
+            tried: Vec::new(),
             tries: 0,
             counted: false,
             client: None,
@@ -576,15 +546,41 @@ impl ProxyHttp for Edge {
         metrics::UPSTREAM_ERRORS
             .with_label_values(&["connect"])
             .inc();
-        if let Upstreams::Urls { down_until, .. } = &self.upstreams {
-            down_until[ctx.upstream].store(
-                now_millis() + UPSTREAM_COOLDOWN.as_millis() as u64,
-                Ordering::Relaxed,
-            );
+        if let Some(lease) = ctx.upstream.take() {
+            lease.0.refused();
         }
         // Nothing was sent yet: another upstream may take the request.
         if ctx.tries < self.upstreams.count() {
             e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let method = &session.req_header().method;
+        let readonly = method == http::Method::GET || method == http::Method::HEAD;
+        if readonly
+            && e.esource() == &ErrorSource::Upstream
+            && session.response_written().is_none()
+            && ctx.tries < self.upstreams.count()
+        {
+            // A read whose upstream failed before answering: another upstream may answer it.
+            if let Some(lease) = ctx.upstream.take() {
+                lease.0.refused();
+            }
+            e.set_retry(true);
+        } else if !method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }

@@ -163,7 +163,7 @@ impl Reader<'_> {
                     body,
                 })
             }
-            Upstreams::Urls { .. } => {
+            Upstreams::Pool(_) => {
                 let mut headers = Vec::new();
                 if let Some(a) = accept.and_then(|a| http::HeaderValue::from_str(a).ok()) {
                     headers.push((http::header::ACCEPT, a));

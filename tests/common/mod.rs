@@ -6,6 +6,8 @@
 #[path = "../../registry-core/tests/common/mod.rs"]
 pub mod core;
 
+pub mod browserless;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

