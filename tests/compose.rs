@@ -20,6 +20,9 @@ enum Variant {
     Directory,
     /// `docker-compose.s3.yml`, with a SeaweedFS service.
     S3,
+    /// `docker-compose.scale.yml` with `--scale core=3`: its SeaweedFS service, three
+    /// registry-core replicas on one bucket, one edge balancing over them.
+    Scale,
 }
 
 const S3_KEY: &str = "compose-access-key";
@@ -92,6 +95,11 @@ fn docker_compose_s3_variant_stores_in_the_bucket() {
     compose_up_push_pull_down(|| Variant::S3);
 }
 
+#[test]
+fn docker_compose_scale_runs_three_replicas_behind_one_edge() {
+    compose_up_push_pull_down(|| Variant::Scale);
+}
+
 fn compose_up_push_pull_down(variant: impl FnOnce() -> Variant) {
     let engine = Command::new("docker")
         .arg("info")
@@ -118,6 +126,7 @@ fn compose_up_push_pull_down(variant: impl FnOnce() -> Variant) {
     let kind = match &variant {
         Variant::Directory => "dir",
         Variant::S3 => "s3",
+        Variant::Scale => "scale",
     };
     let id = format!("regedge{}{kind}", std::process::id());
     let runtime = format!("{id}-runtime:test");
@@ -168,6 +177,7 @@ fn compose_up_push_pull_down(variant: impl FnOnce() -> Variant) {
     let file = match &variant {
         Variant::Directory => "docker-compose.yml",
         Variant::S3 => "docker-compose.s3.yml",
+        Variant::Scale => "docker-compose.scale.yml",
     };
     let compose_file = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let mut compose = vec![
@@ -185,6 +195,20 @@ fn compose_up_push_pull_down(variant: impl FnOnce() -> Variant) {
         }
     };
     let weed_tag = format!("{id}-weed:test");
+    if let Variant::Scale = &variant {
+        // The file's own SeaweedFS service, from the image of the static binary.
+        weed_image(&weed_tag, work.path());
+        for (k, v) in [
+            ("REGISTRY_SEAWEEDFS_IMAGE", weed_tag.clone()),
+            ("REGISTRY_S3_PUBLISH", format!("127.0.0.1:{s3_port}")),
+            ("REGISTRY_S3_BUCKET", "composed-images".to_owned()),
+            ("REGISTRY_S3_ACCESS_KEY", S3_KEY.to_owned()),
+            ("REGISTRY_S3_SECRET_KEY", S3_SECRET.to_owned()),
+            ("REGISTRY_S3_ROOT", format!("/{s3_root}")),
+        ] {
+            env.push((k.to_owned(), v));
+        }
+    }
     if let Variant::S3 = &variant {
         // The store as one more service of the project (its port published on loopback only,
         // for the bucket's creation and the checks below).
@@ -244,7 +268,7 @@ fn compose_up_push_pull_down(variant: impl FnOnce() -> Variant) {
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v))))
     };
-    if let Variant::S3 = &variant {
+    if matches!(variant, Variant::S3 | Variant::Scale) {
         // The store first, and its bucket (the edge does not create buckets: a missing one stops
         // its start, naming the setting).
         dc(&["up", "-d", "s3"]);
@@ -259,7 +283,10 @@ fn compose_up_push_pull_down(variant: impl FnOnce() -> Variant) {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-    dc(&["up", "-d", "--build"]);
+    match &variant {
+        Variant::Scale => dc(&["up", "-d", "--build", "--scale", "core=3"]),
+        _ => dc(&["up", "-d", "--build"]),
+    };
     // Wait for the edge: it generates the certificate and the first user, then listens.
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -323,6 +350,24 @@ fn compose_up_push_pull_down(variant: impl FnOnce() -> Variant) {
             // registry-core publishes no port: only the edge reaches it.
             let ps = dc(&["ps"]);
             assert!(!ps.contains("5001->"), "{ps}");
+        }
+        Variant::Scale => {
+            // Three replicas, and the edge spread the push and the pull over all of them.
+            let logs = dc(&["logs", "--no-color", "core"]);
+            let mut serving: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains("answered"))
+                .filter_map(|l| l.split('|').next().map(str::trim))
+                .collect();
+            serving.sort();
+            serving.dedup();
+            assert_eq!(serving.len(), 3, "replicas that answered: {serving:?}");
+            let ps = dc(&["ps", "-q", "core"]);
+            assert_eq!(
+                ps.lines().filter(|l| !l.trim().is_empty()).count(),
+                3,
+                "{ps}"
+            );
         }
         Variant::S3 => {
             // The image is in the bucket, under the root given, in Distribution's layout.
