@@ -501,6 +501,14 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
         proxy_protocol = config.trusted.proxy_protocol,
         "registry-edge starting"
     );
+    let shared_store = matches!(&config.upstream, Upstream::Embedded(c)
+        if matches!(c.storage, registry_core::config::StorageDriver::S3(_)));
+    if shared_store && config.ui.is_some() && config.secret.is_none() {
+        tracing::warn!(
+            secret_file = %config.secret_file.display(),
+            "the storage is an S3 bucket, which several edges may share: give every edge the same [server] secret (REGISTRY_HTTP_SECRET), or a UI login on one is refused by the others"
+        );
+    }
     server.run(args);
     Ok(())
 }

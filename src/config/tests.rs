@@ -15,6 +15,30 @@ mod parsing {
     }
 
     #[test]
+    fn several_upstreams_need_the_shared_secret() {
+        let urls = ("REGISTRY_EDGE_UPSTREAM_URLS", "http://a:5001,http://b:5001");
+        let e = load("", &[urls]).unwrap_err().to_string();
+        assert!(
+            e.contains("server.secret") && e.contains("names 2 registries"),
+            "{e}"
+        );
+        let c = load("", &[urls, ("REGISTRY_HTTP_SECRET", "0123456789abcdef")]).unwrap();
+        assert!(c.secret.is_some());
+        // Without the UI nothing is signed.
+        assert!(load("", &[urls, ("REGISTRY_EDGE_UI_ENABLED", "false")]).is_ok());
+        // One upstream: one edge, its own generated key is enough.
+        assert!(load("", &[("REGISTRY_EDGE_UPSTREAM_URLS", "http://a:5001")]).is_ok());
+        let e = load("[upstream]\nbalance = \"random\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream.balance"), "{e}");
+        let e = load("[upstream]\nhealth_path = \"v2\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream.health_path"), "{e}");
+    }
+
+    #[test]
     fn defaults_and_overrides() {
         let c = load("", &[]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:5000");
