@@ -18,16 +18,22 @@
 //!   that is authorized and forwarded.
 //! - [`access`]: access rules (users, groups, repository patterns, pull/push/delete).
 //! - [`proxy`]: the pingora `ProxyHttp` implementation: auth, parsing, access rules, then either
-//!   the embedded registry-core's handler called in-process (`proxy/embedded.rs`), or upstream
-//!   choice and forwarding headers for upstream URLs; the filtered catalog (`proxy/catalog.rs`),
-//!   the API-version and configured headers, and the JSON error answers.
+//!   the embedded registry-core's handler called in-process (`proxy/embedded.rs`), or the
+//!   upstream pool ([`proxy::upstream`]: every address of every URL, health-checked, round robin
+//!   or least connections, upload affinity) and forwarding headers; the filtered catalog
+//!   (`proxy/catalog.rs`), the API-version and configured headers, and the JSON error answers.
+//! - [`ui`]: the web UI at `/` (askama pages, embedded assets, English and Chinese), reading
+//!   through the registry API with the same access rules; logins through the same check and
+//!   lockout as Basic auth.
+//! - [`secret`]: the shared secret that signs UI sessions (configured, or generated once).
 //! - [`lifecycle`]: readiness, the SIGTERM drain and the SIGQUIT binary upgrade.
 //! - [`reload`]: the certificate and htpasswd files reloaded on change and on SIGHUP, and the
 //!   certificate's upkeep (re-issued for new names, renewed before it expires).
 //! - [`metrics`]: `regedge_*` Prometheus metrics, served with the core's `regcore_*` ones.
 //! - [`run`] (here): checks every file first, then starts pingora with the TLS listener, the
 //!   embedded registry-core's housekeeping (its requests are answered in-process by [`proxy`],
-//!   with no socket between the two) and the metrics listener.
+//!   with no socket between the two) or the upstream health checks, and the metrics listener
+//!   (`/metrics`, and `/healthz` for balancers).
 #![forbid(unsafe_code)]
 
 pub mod access;
