@@ -53,6 +53,25 @@ static AWAITING_FIRST: AtomicUsize = AtomicUsize::new(0);
 /// How long the HTTP layer's shutdown waits for connections to reach their first request.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
+/// When the last HTTP/2 connection was set up (millis since [`EPOCH`]). An HTTP/2 client sends its
+/// request right after the connection preface, but the shutdown's GOAWAY can overtake it; a
+/// client such as hyper's then sees the connection closed and does not retry. So the shutdown
+/// also waits until no HTTP/2 connection is younger than [`H2_FIRST_REQUEST_WINDOW`].
+static LAST_H2_SETUP_MS: AtomicU64 = AtomicU64::new(0);
+const H2_FIRST_REQUEST_WINDOW: Duration = Duration::from_millis(250);
+static EPOCH: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
+
+fn since_epoch_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64 + 1
+}
+
+/// Whether an HTTP/2 connection was set up so recently that its first request may be on its way.
+fn h2_just_set_up() -> bool {
+    let last = LAST_H2_SETUP_MS.load(Ordering::Acquire);
+    last != 0 && since_epoch_ms().saturating_sub(last) < H2_FIRST_REQUEST_WINDOW.as_millis() as u64
+}
+
 /// One connection counted in [`AWAITING_FIRST`] until dropped or handed to its [`Guarded`].
 struct AwaitingFirst;
 
@@ -652,7 +671,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
         if limit.is_some() {
             awaiting.hand_to(&guarded);
         } else {
-            // HTTP/2 ends a connection with GOAWAY, which tells the client what was not served.
+            // HTTP/2 has no header deadline here: its first request is awaited by time instead
+            // (see `cleanup`).
+            LAST_H2_SETUP_MS.store(since_epoch_ms(), Ordering::Release);
             drop(awaiting);
         }
         let mut stream: Stream = Box::new(guarded);
@@ -670,7 +691,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
         // A client that has just connected sends its request at once; one that does not within
         // this bound is treated as idle.
         let deadline = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
-        while AWAITING_FIRST.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        while (AWAITING_FIRST.load(Ordering::Acquire) > 0 || h2_just_set_up())
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.app.cleanup().await
