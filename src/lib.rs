@@ -191,6 +191,7 @@ struct CoreService {
 #[async_trait]
 impl BackgroundService for CoreService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        registry_core::start_notifications(&self.registry, &self.config);
         let purger = registry_core::spawn_upload_purger(self.registry.clone(), &self.config);
         let gc = self.config.gc_interval.map(|every| {
             tracing::info!(every = %humantime::format_duration(every), grace = %humantime::format_duration(self.config.gc_grace), "scheduled garbage collection on");
@@ -341,7 +342,7 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
                 })?;
             tracing::info!(storage = %what, delete = core_config.delete_enabled, "embedded registry-core");
             let core = CoreService {
-                config: core_config.clone(),
+                config: (**core_config).clone(),
                 registry: registry.clone(),
             };
             server.add_service(background_service("registry-core", core));

@@ -31,6 +31,8 @@ pub struct FileConfig {
     /// `filesystem` (the default, under `root`) or `s3` (the `[s3]` table).
     pub driver: Option<String>,
     pub s3: Option<S3File>,
+    /// Webhooks: `[[notifications.endpoints]]`, see [`crate::events::config`].
+    pub notifications: Option<crate::events::NotificationsFile>,
 }
 
 /// The S3 settings as written (`[s3]` here, `[storage.s3]` in the edge's file). Sizes are
@@ -308,6 +310,8 @@ pub struct Config {
     /// Run garbage collection in the serving process this often; `None` (the default): never.
     pub gc_interval: Option<Duration>,
     pub storage: StorageDriver,
+    /// Where events go (none by default).
+    pub notifications: crate::events::Settings,
 }
 
 impl Default for Config {
@@ -323,6 +327,7 @@ impl Default for Config {
             gc_grace: DEFAULT_GC_GRACE,
             gc_interval: None,
             storage: StorageDriver::Filesystem,
+            notifications: crate::events::Settings::default(),
         }
     }
 }
@@ -425,6 +430,17 @@ impl Config {
             self.gc_interval = parse_gc_interval(&v).map_err(|message| ConfigError::Value {
                 origin: origin.into(),
                 key: "gc_interval",
+                message,
+            })?;
+        }
+        if let Some(n) = &f.notifications {
+            let port = self
+                .listen
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok());
+            self.notifications = n.validate(port).map_err(|message| ConfigError::Value {
+                origin: origin.into(),
+                key: "notifications",
                 message,
             })?;
         }
@@ -604,6 +620,10 @@ const REFUSED_PREFIXES: &[(&str, &str)] = &[
     (
         "REGISTRY_HTTP_TLS_LETSENCRYPT",
         "Let's Encrypt is not supported yet; give a certificate instead",
+    ),
+    (
+        "REGISTRY_NOTIFICATIONS",
+        "configure notification endpoints in the config file's [[notifications.endpoints]]; events would not be sent",
     ),
     (
         "REGISTRY_VALIDATION",

@@ -10,6 +10,8 @@
 //!   a [`storage::Storage`]; upload state lives in storage, the running hash included (saved
 //!   by [`hash`] after each chunk), so any process can finish an upload without re-reading it.
 //! - [`manifest`]: manifest validation, media types, referrer descriptors.
+//! - [`events`]: notifications: Distribution's event envelope POSTed to webhooks from a
+//!   durable queue per endpoint, kept in the store beside the images.
 //! - [`gc`]: mark and sweep with a grace period, safe while serving.
 //! - [`storage`]: the storage trait, Distribution's path [`storage::layout`], the filesystem
 //!   backend with its request counter, and the S3 backend ([`storage::s3`]).
@@ -22,6 +24,7 @@
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod events;
 pub mod gc;
 pub mod hash;
 pub mod manifest;
@@ -51,13 +54,28 @@ pub fn open(config: &Config) -> std::io::Result<Arc<Registry>> {
             Arc::new(storage::S3Storage::new((**s).clone()).map_err(std::io::Error::other)?)
         }
     };
-    Ok(Arc::new(Registry::new(
-        storage,
+    let mut registry = Registry::new(
+        storage.clone(),
         Options {
             delete_enabled: config.delete_enabled,
             max_manifest_bytes: config.max_manifest_bytes,
         },
-    )))
+    );
+    if !config.notifications.is_empty() {
+        registry = registry.with_notifier(events::Notifier::new(&config.notifications, storage));
+    }
+    Ok(Arc::new(registry))
+}
+
+/// Starts delivering the registry's events, when notifications are configured (on the current
+/// runtime; the queues are read back from the store first).
+pub fn start_notifications(registry: &Registry, config: &Config) {
+    if let Some(n) = registry.notifier() {
+        for e in &config.notifications.endpoints {
+            tracing::info!(endpoint = %e.name, url = %e.url, disabled = e.disabled, manifests_only = e.manifests_only, signed = e.secret.is_some(), "notification endpoint");
+        }
+        n.start();
+    }
 }
 
 /// Whether the storage of `config` can be used: for S3, that the endpoint answers, the bucket
@@ -198,6 +216,7 @@ pub async fn run(
         }
         None => None,
     };
+    start_notifications(&registry, &config);
     let purger = spawn_upload_purger(registry.clone(), &config);
     let gc = config
         .gc_interval
@@ -212,7 +231,7 @@ pub async fn run(
     tracing::info!(addr = %addr, storage = %describe_storage(&config), delete = config.delete_enabled, "registry-core listening");
     ready(&addr);
     let mut rx = stop_rx;
-    let res = serve(listener, registry, async move {
+    let res = serve(listener, registry.clone(), async move {
         let _ = rx.wait_for(|s| *s).await;
     });
     tokio::pin!(res);
@@ -223,6 +242,10 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let r = res.await;
     stop_housekeeping();
+    if let Some(n) = registry.notifier() {
+        // The events of the last requests go to the store before the process ends.
+        n.flush(std::time::Duration::from_secs(5)).await;
+    }
     if let Some(t) = metrics_task {
         let _ = t.await;
     }

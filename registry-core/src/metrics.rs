@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -61,6 +61,42 @@ static UPLOAD_OUTCOMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "regcore_uploads_total",
         "Upload session events: started, completed, mounted, digest_mismatch, interrupted, cancelled, purged, rehashed (a digest computed by reading the upload back, when no saved hash state fits).",
         &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+static NOTIFY_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "regcore_notification_events_sent_total",
+        "Notification events delivered, by endpoint (a configured name).",
+        &["endpoint"]
+    )
+    .expect("metric registers once")
+});
+
+static NOTIFY_FAILED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "regcore_notification_deliveries_failed_total",
+        "Notification POSTs that failed (and will be retried), by endpoint.",
+        &["endpoint"]
+    )
+    .expect("metric registers once")
+});
+
+static NOTIFY_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "regcore_notification_events_dropped_total",
+        "Notification events dropped (the queue was full), by endpoint.",
+        &["endpoint"]
+    )
+    .expect("metric registers once")
+});
+
+static NOTIFY_PENDING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "regcore_notification_events_pending",
+        "Notification events queued for delivery, by endpoint.",
+        &["endpoint"]
     )
     .expect("metric registers once")
 });
@@ -200,6 +236,24 @@ pub fn uploads_in_progress(delta: i64) {
 
 pub fn upload_outcome(outcome: &str) {
     UPLOAD_OUTCOMES.with_label_values(&[outcome]).inc();
+}
+
+pub fn notification_sent(endpoint: &str, n: usize) {
+    NOTIFY_SENT.with_label_values(&[endpoint]).inc_by(n as u64);
+}
+
+pub fn notification_failed(endpoint: &str) {
+    NOTIFY_FAILED.with_label_values(&[endpoint]).inc();
+}
+
+pub fn notification_dropped(endpoint: &str, n: usize) {
+    NOTIFY_DROPPED
+        .with_label_values(&[endpoint])
+        .inc_by(n as u64);
+}
+
+pub fn notification_pending(endpoint: &str, n: usize) {
+    NOTIFY_PENDING.with_label_values(&[endpoint]).set(n as i64);
 }
 
 pub fn storage_error() {

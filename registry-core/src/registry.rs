@@ -73,6 +73,7 @@ pub struct Registry {
     storage: Arc<dyn Storage>,
     options: Options,
     uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadState>>>>,
+    notifier: Option<crate::events::Notifier>,
 }
 
 fn link_target(bytes: &[u8]) -> Result<Digest, RegistryError> {
@@ -107,7 +108,19 @@ impl Registry {
             storage,
             options,
             uploads: Mutex::new(HashMap::new()),
+            notifier: None,
         }
+    }
+
+    /// Sends this registry's events to `notifier`'s endpoints.
+    pub fn with_notifier(mut self, notifier: crate::events::Notifier) -> Registry {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// Where events go, when notifications are configured.
+    pub fn notifier(&self) -> Option<&crate::events::Notifier> {
+        self.notifier.as_ref()
     }
 
     pub fn options(&self) -> &Options {
@@ -193,21 +206,22 @@ impl Registry {
         Ok(())
     }
 
-    /// Links `digest` from repository `from` into `name`. False when `from` has no such blob.
+    /// Links `digest` from repository `from` into `name`; its size, or `None` when `from` has
+    /// no such blob.
     pub async fn mount_blob(
         &self,
         name: &RepoName,
         from: &RepoName,
         digest: &Digest,
-    ) -> Result<bool, RegistryError> {
-        match self.blob_size(from, digest).await {
-            Ok(_) => {}
-            Err(e) if e.code == ErrorCode::BlobUnknown => return Ok(false),
+    ) -> Result<Option<u64>, RegistryError> {
+        let size = match self.blob_size(from, digest).await {
+            Ok(s) => s,
+            Err(e) if e.code == ErrorCode::BlobUnknown => return Ok(None),
             Err(e) => return Err(e),
-        }
+        };
         self.link_blob(name, digest).await?;
         metrics::upload_outcome("mounted");
-        Ok(true)
+        Ok(Some(size))
     }
 
     async fn link_blob(&self, name: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
@@ -588,13 +602,15 @@ impl Registry {
         Ok((digest, parsed.subject))
     }
 
-    /// Deletes a manifest by digest (with the tags that point at it), or a tag.
+    /// Deletes a manifest by digest (with the tags that point at it), or a tag. Returns the
+    /// tags removed with a manifest.
     pub async fn delete_manifest(
         &self,
         name: &RepoName,
         reference: &Reference,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Vec<Tag>, RegistryError> {
         self.check_delete()?;
+        let mut removed = Vec::new();
         match reference {
             Reference::Tag(t) => {
                 if !self.exists(&layout::tag_current_link(name, t)).await? {
@@ -615,6 +631,7 @@ impl Registry {
                     {
                         if link_target(&b).ok().as_ref() == Some(d) {
                             self.storage.delete(&layout::tag_dir(name, &tag)).await?;
+                            removed.push(tag);
                         }
                     }
                 }
@@ -630,7 +647,7 @@ impl Registry {
                     .await?;
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     // ---- listings ----

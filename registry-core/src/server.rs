@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::digest::Digest;
 use crate::error::{ErrorCode, RegistryError};
+use crate::events::{self, Action, Kind};
 use crate::name::{Reference, RepoName, UploadId};
 use crate::registry::{upload_range, ChunkRange, Registry};
 use crate::routes::{self, query_param, Route};
@@ -100,13 +101,17 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         macro_rules! conn {
-            ($io:expr) => {{
+            ($io:expr, $peer:expr) => {{
                 let registry = registry.clone();
+                let peer: Option<std::net::SocketAddr> = $peer;
                 let svc = hyper::service::service_fn(move |req| {
                     let registry = registry.clone();
-                    let req = req.map(|b: hyper::body::Incoming| {
+                    let mut req = req.map(|b: hyper::body::Incoming| {
                         b.map_err(std::io::Error::other).boxed()
                     });
+                    if let Some(p) = peer {
+                        req.extensions_mut().insert(events::Peer(p));
+                    }
                     async move { Ok::<_, Infallible>(handle(&registry, req).await) }
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new($io), svc);
@@ -121,14 +126,14 @@ pub async fn serve(
         match &listener {
             Listener::Tcp(l) => tokio::select! {
                 r = l.accept() => match r {
-                    Ok((s, _)) => { let _ = s.set_nodelay(true); conn!(s) }
+                    Ok((s, peer)) => { let _ = s.set_nodelay(true); conn!(s, Some(peer)) }
                     Err(e) => accept_error(e).await,
                 },
                 _ = &mut shutdown => break,
             },
             Listener::Unix(l, _) => tokio::select! {
                 r = l.accept() => match r {
-                    Ok((s, _)) => conn!(s),
+                    Ok((s, _)) => conn!(s, None),
                     Err(e) => accept_error(e).await,
                 },
                 _ = &mut shutdown => break,
@@ -155,9 +160,13 @@ pub async fn handle(registry: &Registry, req: Request<RequestBody>) -> Response<
     let route = routes::parse(&path);
     let class = route.as_ref().map_or("other", Route::class);
     let span = tracing::info_span!("request", %method, path = %path, route = class);
+    let events = match registry.notifier() {
+        Some(n) if req.extensions().get::<events::Silent>().is_none() => Some(Events::new(n, &req)),
+        _ => None,
+    };
     let result = async {
         match route {
-            Some(r) => dispatch(registry, r, req).await,
+            Some(r) => dispatch(registry, r, req, events.as_ref()).await,
             None => Err(RegistryError::new(
                 StatusCode::NOT_FOUND,
                 ErrorCode::Unsupported,
@@ -351,10 +360,69 @@ fn json_response(value: &serde_json::Value, content_type: &str) -> Response<Body
         .expect("well-formed")
 }
 
+/// The events of one request, when notifications are on.
+struct Events<'a> {
+    notifier: &'a events::Notifier,
+    ctx: events::RequestContext,
+}
+
+impl<'a> Events<'a> {
+    fn new(notifier: &'a events::Notifier, req: &Request<RequestBody>) -> Self {
+        Events {
+            notifier,
+            ctx: events::RequestContext::new(req),
+        }
+    }
+
+    fn manifest(
+        &self,
+        action: Action,
+        name: &RepoName,
+        m: &crate::registry::StoredManifest,
+        tag: Option<&str>,
+    ) {
+        let refs = self.notifier.include_references();
+        let digest = m.digest.to_string();
+        let t =
+            self.ctx
+                .manifest_target(name.as_str(), &m.media_type, &digest, &m.bytes, tag, refs);
+        self.notifier.emit(&self.ctx, action, Kind::Manifest, t);
+    }
+
+    fn blob(
+        &self,
+        action: Action,
+        name: &RepoName,
+        digest: &Digest,
+        size: u64,
+        from: Option<&RepoName>,
+    ) {
+        let t = self.ctx.blob_target(
+            name.as_str(),
+            &digest.to_string(),
+            size,
+            from.map(RepoName::as_str),
+        );
+        self.notifier.emit(&self.ctx, action, Kind::Blob, t);
+    }
+
+    fn deleted(&self, kind: Kind, name: &RepoName, digest: &Digest) {
+        let t = self.ctx.deleted_target(name.as_str(), &digest.to_string());
+        self.notifier.emit(&self.ctx, Action::Delete, kind, t);
+    }
+
+    fn tag_deleted(&self, name: &RepoName, tag: &str) {
+        let t = self.ctx.tag_target(name.as_str(), tag);
+        self.notifier
+            .emit(&self.ctx, Action::Delete, Kind::Manifest, t);
+    }
+}
+
 async fn dispatch(
     registry: &Registry,
     route: Route,
     req: Request<RequestBody>,
+    events: Option<&Events<'_>>,
 ) -> Result<Response<Body>, RegistryError> {
     let method = req.method().clone();
     match (route, method) {
@@ -389,17 +457,24 @@ async fn dispatch(
         (Route::Blob { name, digest }, m @ (Method::GET | Method::HEAD)) => {
             let name = parse_name(&name)?;
             let digest = parse_digest(&digest)?;
-            get_blob(registry, &name, &digest, &req, m == Method::HEAD).await
+            let (resp, size) = get_blob(registry, &name, &digest, &req, m == Method::HEAD).await?;
+            if let Some(ev) = events {
+                ev.blob(Action::Pull, &name, &digest, size, None);
+            }
+            Ok(resp)
         }
         (Route::Blob { name, digest }, Method::DELETE) => {
             let name = parse_name(&name)?;
             let digest = parse_digest(&digest)?;
             registry.delete_blob(&name, &digest).await?;
+            if let Some(ev) = events {
+                ev.deleted(Kind::Blob, &name, &digest);
+            }
             Ok(accepted())
         }
         (Route::UploadStart { name }, Method::POST) => {
             let name = parse_name(&name)?;
-            start_upload(registry, &name, req).await
+            start_upload(registry, &name, req, events).await
         }
         (Route::Upload { name, id }, Method::GET) => {
             let name = parse_name(&name)?;
@@ -423,9 +498,12 @@ async fn dispatch(
                 .ok_or_else(|| RegistryError::digest_invalid("the closing PUT needs ?digest="))?;
             let digest = parse_digest(&digest)?;
             let range = chunk_range(&req)?;
-            registry
+            let size = registry
                 .complete_upload(&name, &id, &digest, range, body_stream(req.into_body()))
                 .await?;
+            if let Some(ev) = events {
+                ev.blob(Action::Push, &name, &digest, size, None);
+            }
             Ok(blob_created(&name, &digest))
         }
         (Route::Upload { name, id }, Method::DELETE) => {
@@ -444,6 +522,13 @@ async fn dispatch(
             let reference = parse_reference(&reference)
                 .map_err(|_| RegistryError::manifest_unknown(&reference))?;
             let m_ = registry.get_manifest(&name, &reference).await?;
+            if let Some(ev) = events {
+                let tag = match &reference {
+                    Reference::Tag(t) => Some(t.as_str()),
+                    Reference::Digest(_) => None,
+                };
+                ev.manifest(Action::Pull, &name, &m_, tag);
+            }
             let len = m_.bytes.len();
             let body = if m == Method::HEAD {
                 empty()
@@ -472,8 +557,20 @@ async fn dispatch(
                 .filter(|c| !c.is_empty());
             let bytes = read_limited(req.into_body(), limit).await?;
             let (digest, subject) = registry
-                .put_manifest(&name, &reference, content_type.as_deref(), bytes)
+                .put_manifest(&name, &reference, content_type.as_deref(), bytes.clone())
                 .await?;
+            if let Some(ev) = events {
+                let stored = crate::registry::StoredManifest {
+                    media_type: manifest::detect_media_type(&bytes),
+                    digest: digest.clone(),
+                    bytes,
+                };
+                let tag = match &reference {
+                    Reference::Tag(t) => Some(t.as_str()),
+                    Reference::Digest(_) => None,
+                };
+                ev.manifest(Action::Push, &name, &stored, tag);
+            }
             let mut b = Response::builder()
                 .status(StatusCode::CREATED)
                 .header(header::LOCATION, format!("/v2/{name}/manifests/{digest}"))
@@ -487,7 +584,16 @@ async fn dispatch(
         (Route::Manifest { name, reference }, Method::DELETE) => {
             let name = parse_name(&name)?;
             let reference = parse_reference(&reference)?;
-            registry.delete_manifest(&name, &reference).await?;
+            let tags = registry.delete_manifest(&name, &reference).await?;
+            if let Some(ev) = events {
+                match &reference {
+                    Reference::Digest(d) => ev.deleted(Kind::Manifest, &name, d),
+                    Reference::Tag(t) => ev.tag_deleted(&name, t.as_str()),
+                }
+                for t in &tags {
+                    ev.tag_deleted(&name, t.as_str());
+                }
+            }
             Ok(accepted())
         }
         (Route::Referrers { name, digest }, Method::GET) => {
@@ -626,18 +732,19 @@ async fn get_blob(
     digest: &Digest,
     req: &Request<RequestBody>,
     head: bool,
-) -> Result<Response<Body>, RegistryError> {
+) -> Result<(Response<Body>, u64), RegistryError> {
     let size = registry.blob_size(name, digest).await?;
     if !head && req.extensions().get::<NoRedirect>().is_none() {
         // With the store's redirect on, the bytes flow from the store (the client follows).
         if let Some(url) = registry.blob_redirect(digest).await? {
-            return Ok(Response::builder()
+            let resp = Response::builder()
                 .status(StatusCode::TEMPORARY_REDIRECT)
                 .header(header::LOCATION, url)
                 .header(CONTENT_DIGEST, digest.to_string())
                 .header(header::CONTENT_LENGTH, 0)
                 .body(empty())
-                .expect("well-formed"));
+                .expect("well-formed");
+            return Ok((resp, size));
         }
     }
     let b = Response::builder()
@@ -668,20 +775,23 @@ async fn get_blob(
         }
     };
     if head {
-        return Ok(b.body(empty()).expect("well-formed"));
+        return Ok((b.body(empty()).expect("well-formed"), size));
     }
     let stream = registry.blob_stream(digest, range).await?;
     let counted = stream
         .inspect_ok(|c| metrics::bytes_sent("blob", c.len()))
         .map_ok(Frame::data);
-    Ok(b.body(BodyExt::boxed_unsync(StreamBody::new(counted)))
-        .expect("well-formed"))
+    let resp = b
+        .body(BodyExt::boxed_unsync(StreamBody::new(counted)))
+        .expect("well-formed");
+    Ok((resp, size))
 }
 
 async fn start_upload(
     registry: &Registry,
     name: &RepoName,
     req: Request<RequestBody>,
+    events: Option<&Events<'_>>,
 ) -> Result<Response<Body>, RegistryError> {
     let query = req.uri().query().map(str::to_owned);
     let query = query.as_deref();
@@ -689,7 +799,10 @@ async fn start_upload(
         let digest = parse_digest(&mount)?;
         if let Some(from) = query_param(query, "from") {
             let from = parse_name(&from)?;
-            if registry.mount_blob(name, &from, &digest).await? {
+            if let Some(size) = registry.mount_blob(name, &from, &digest).await? {
+                if let Some(ev) = events {
+                    ev.blob(Action::Mount, name, &digest, size, Some(&from));
+                }
                 return Ok(blob_created(name, &digest));
             }
         }
@@ -709,7 +822,10 @@ async fn start_upload(
             // Nobody was given this session, so nobody can resume it.
             registry.discard_upload(name, &id).await;
         }
-        done?;
+        let size = done?;
+        if let Some(ev) = events {
+            ev.blob(Action::Push, name, &digest, size, None);
+        }
         return Ok(blob_created(name, &digest));
     }
     let id = registry.start_upload(name).await?;

@@ -17,7 +17,17 @@ pub const ENV_PREFIX: &str = "REGISTRY_EDGE_";
 pub const DEFAULT_CONFIG: &str = "proxy.toml";
 
 const SECTIONS: &[&str] = &[
-    "server", "tls", "auth", "upstream", "storage", "metrics", "access", "lockout", "log", "ui",
+    "server",
+    "tls",
+    "auth",
+    "upstream",
+    "storage",
+    "metrics",
+    "access",
+    "lockout",
+    "log",
+    "ui",
+    "notifications",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +43,8 @@ struct FileConfig {
     lockout: LockoutSection,
     log: LogSection,
     ui: UiSection,
+    /// Webhooks of the embedded registry (registry-core's schema).
+    notifications: Option<registry_core::events::NotificationsFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,7 +273,7 @@ impl Default for MetricsSection {
 #[derive(Debug, Clone)]
 pub enum Upstream {
     /// registry-core in this process, its handler called by the proxy directly.
-    Embedded(registry_core::Config),
+    Embedded(Box<registry_core::Config>),
     /// One or more Distribution-compatible registries, used in turn.
     Urls(Vec<UpstreamUrl>),
 }
@@ -683,11 +695,29 @@ impl Config {
             core.gc_grace = duration("storage.gc_grace", &f.storage.gc_grace)?;
             core.gc_interval = registry_core::config::parse_gc_interval(&f.storage.gc_interval)
                 .map_err(|m| bad("storage.gc_interval", m))?;
+            if let Some(n) = &f.notifications {
+                let port = f
+                    .server
+                    .listen
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+                    .map(|a| a.port());
+                core.notifications = n.validate(port).map_err(|m| bad("notifications", m))?;
+            }
             // Served in-process by the proxy: the core listens nowhere.
             core.listen = String::new();
             core.metrics_listen = None;
-            Upstream::Embedded(core)
+            Upstream::Embedded(Box::new(core))
         } else {
+            if f.notifications
+                .as_ref()
+                .is_some_and(|n| !n.endpoints.is_empty())
+            {
+                return Err(bad(
+                    "notifications",
+                    "the registries in [upstream] urls send their own events: configure the endpoints there (here they apply to the embedded registry only)".into(),
+                ));
+            }
             let mut urls = Vec::new();
             for u in &f.upstream.urls {
                 urls.push(parse_url(u).map_err(|m| bad("upstream.urls", format!("{u:?}: {m}")))?);

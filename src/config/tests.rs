@@ -243,6 +243,39 @@ mod parsing {
     }
 
     #[test]
+    fn notifications() {
+        let hook =
+            "[[notifications.endpoints]]\nname = \"ci\"\nurl = \"https://ci.example/hook\"\n";
+        let c = load(&format!("[server]\nlisten = \"0.0.0.0:5443\"\n{hook}"), &[]).unwrap();
+        let Upstream::Embedded(core) = &c.upstream else {
+            panic!("embedded")
+        };
+        let n = &core.notifications;
+        assert_eq!(n.endpoints[0].name, "ci");
+        assert!(n.source_addr.ends_with(":5443"), "{}", n.source_addr);
+        // The registries behind [upstream] send their own.
+        let e = load(hook, &[("REGISTRY_EDGE_UPSTREAM_URLS", "http://a:5001")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("notifications") && e.contains("their own events"),
+            "{e}"
+        );
+        let e = load(&format!("{hook}backoff = \"often\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("notifications") && e.contains("\"ci\": backoff"),
+            "{e}"
+        );
+        // registry:2's variables cannot express a list of endpoints: refused, not ignored.
+        let e = load("", &[("REGISTRY_NOTIFICATIONS_ENDPOINTS", "- name: x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("REGISTRY_NOTIFICATIONS_ENDPOINTS"), "{e}");
+    }
+
+    #[test]
     fn urls() {
         assert_eq!(
             parse_url("https://reg.example.com").unwrap().addr,

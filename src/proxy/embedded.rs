@@ -44,6 +44,29 @@ fn core_request(req: &RequestHeader, target: &str) -> Result<http::Request<()>> 
     Ok(http::Request::from_parts(parts, ()))
 }
 
+/// Who asked, for the core's events: the user the edge authenticated and the client's real
+/// address (from a trusted proxy's PROXY header or `X-Forwarded-For`, else the peer's).
+fn origin(session: &Session, ctx: &Ctx) -> registry_core::events::Origin {
+    let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+    let addr = match (ctx.client, peer) {
+        (Some(ip), Some(p)) if p.ip() == ip => p.to_string(),
+        (Some(ip), _) => ip.to_string(),
+        (None, p) => p.map(|p| p.to_string()).unwrap_or_default(),
+    };
+    let req = session.req_header();
+    let host = super::client_host(req);
+    fn text(v: Option<&http::HeaderValue>) -> &str {
+        v.and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+    registry_core::events::Origin::new(
+        ctx.user.as_deref(),
+        addr,
+        text(host.as_ref()),
+        ctx.proto,
+        text(req.headers.get(http::header::USER_AGENT)),
+    )
+}
+
 impl Edge {
     /// Answers the request with the embedded registry-core, in this process: the request body
     /// streams from pingora's session into the core's handler through a one-chunk channel, and
@@ -56,7 +79,10 @@ impl Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let target = ctx.api.as_ref().map_or("/v2/", |a| a.target.as_str());
-        let request = core_request(session.req_header(), target)?;
+        let mut request = core_request(session.req_header(), target)?;
+        if registry.notifier().is_some() {
+            request.extensions_mut().insert(origin(session, ctx));
+        }
         if expects_continue(session.req_header()) {
             session.write_continue_response().await?;
         }

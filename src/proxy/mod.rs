@@ -90,7 +90,7 @@ pub(crate) enum Verdict {
 pub struct Ctx {
     start: Instant,
     pub(crate) route: &'static str,
-    user: Option<String>,
+    pub(crate) user: Option<String>,
     /// The final status sent (recorded here: after a `100 Continue` pingora reports 100).
     pub(crate) status: u16,
     /// The upstream of the current attempt (counted in flight while held), the addresses

@@ -277,6 +277,7 @@ impl Edge {
                 edge: self,
                 host: host_value.as_ref(),
                 proto: ctx.proto,
+                client: ctx.client,
                 summaries: &ui.summaries,
                 catalog: &ui.catalog,
             },

@@ -981,7 +981,7 @@ async fn delete(edge: &Edge, page: &Page<'_>, user: &str) -> Reply {
     for r in &refs {
         let sep = if r.contains(':') { '@' } else { ':' };
         let what = format!("{repo}{sep}{r}");
-        match page.reader.delete(repo, r).await {
+        match page.reader.delete(repo, r, user).await {
             Ok(()) => done.push(what),
             Err(e) => failed.push(fill(
                 &t.delete_failed,

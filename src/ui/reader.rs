@@ -101,6 +101,8 @@ pub struct Reader<'a> {
     pub edge: &'a Edge,
     pub host: Option<&'a http::HeaderValue>,
     pub proto: &'static str,
+    /// The client's address (recorded in the events of what the UI deletes).
+    pub client: Option<std::net::IpAddr>,
     pub summaries: &'a Summaries,
     pub catalog: &'a CatalogCache,
 }
@@ -127,13 +129,15 @@ pub fn is_index(m: &Manifest) -> bool {
 }
 
 impl Reader<'_> {
-    /// One request to the registry API.
+    /// One request to the registry API: a read (no event, as it is no pull), or a change
+    /// made for `actor` (an event like any other).
     async fn call(
         &self,
         method: http::Method,
         target: &str,
         accept: Option<&str>,
         limit: usize,
+        actor: Option<&str>,
     ) -> Result<Answer, ReadError> {
         match &self.edge.upstreams {
             Upstreams::Embedded(registry) => {
@@ -150,6 +154,22 @@ impl Reader<'_> {
                 let mut req = b.body(body).map_err(unavailable)?;
                 req.extensions_mut()
                     .insert(registry_core::server::NoRedirect);
+                match actor {
+                    None => {
+                        req.extensions_mut().insert(registry_core::events::Silent);
+                    }
+                    Some(user) => {
+                        let host = self.host.and_then(|h| h.to_str().ok()).unwrap_or("");
+                        req.extensions_mut()
+                            .insert(registry_core::events::Origin::new(
+                                Some(user),
+                                self.client.map(|c| c.to_string()).unwrap_or_default(),
+                                host,
+                                self.proto,
+                                "registry-edge web UI",
+                            ));
+                    }
+                }
                 let resp = registry_core::server::handle(registry, req).await;
                 let (parts, body) = resp.into_parts();
                 let body = http_body_util::Limited::new(body, limit)
@@ -183,7 +203,9 @@ impl Reader<'_> {
         accept: Option<&str>,
         limit: usize,
     ) -> Result<Bytes, ReadError> {
-        let a = self.call(http::Method::GET, target, accept, limit).await?;
+        let a = self
+            .call(http::Method::GET, target, accept, limit, None)
+            .await?;
         match a.status {
             200 => Ok(a.body),
             404 => Err(ReadError::NotFound),
@@ -261,6 +283,7 @@ impl Reader<'_> {
                 &format!("/v2/{repo}/manifests/{tag}"),
                 Some(ACCEPT),
                 0,
+                None,
             )
             .await?;
         match a.status {
@@ -307,14 +330,15 @@ impl Reader<'_> {
         }
     }
 
-    /// Deletes a tag or a manifest.
-    pub async fn delete(&self, repo: &str, reference: &str) -> Result<(), ReadError> {
+    /// Deletes a tag or a manifest, for `user`.
+    pub async fn delete(&self, repo: &str, reference: &str, user: &str) -> Result<(), ReadError> {
         let a = self
             .call(
                 http::Method::DELETE,
                 &format!("/v2/{repo}/manifests/{reference}"),
                 None,
                 64 << 10,
+                Some(user),
             )
             .await?;
         match a.status {

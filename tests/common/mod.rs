@@ -7,6 +7,7 @@
 pub mod core;
 
 pub mod browserless;
+pub mod receiver;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -374,7 +374,7 @@ impl Distribution {
         Self::start_config(&cfg, dir, free_port())
     }
 
-    fn start_config(template: &str, dir: &Path, port: u16) -> Distribution {
+    pub fn start_config(template: &str, dir: &Path, port: u16) -> Distribution {
         let addr = format!("127.0.0.1:{port}");
         let cfg = template
             .replace("@REGISTRY_ADDR@", &addr)
