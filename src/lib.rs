@@ -341,6 +341,9 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
                     source,
                 })?;
             tracing::info!(storage = %what, delete = core_config.delete_enabled, "embedded registry-core");
+            if registry.notifier().is_some() {
+                let _ = lifecycle::EVENTS.set(registry.clone());
+            }
             let core = CoreService {
                 config: (**core_config).clone(),
                 registry: registry.clone(),

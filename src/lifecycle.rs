@@ -18,6 +18,18 @@ use pingora::services::background::BackgroundService;
 
 use crate::{conn, metrics};
 
+/// The embedded registry, when it sends notifications: its last events are written to their
+/// queues before the process exits (pingora's fast shutdown would cut the writer off).
+pub static EVENTS: std::sync::OnceLock<std::sync::Arc<registry_core::Registry>> =
+    std::sync::OnceLock::new();
+
+/// Writes the events emitted so far to their queues (at most a few seconds).
+async fn flush_events() {
+    if let Some(n) = EVENTS.get().and_then(|r| r.notifier()) {
+        n.flush(Duration::from_secs(5)).await;
+    }
+}
+
 /// The edge's shutdown signals, as pingora's (SIGINT: exit at once; SIGQUIT: hand the listening
 /// sockets to a new process, for a binary upgrade), but for SIGTERM: the edge drains first (it
 /// stops taking connections and lets the requests in flight finish, at most `drain` long) and
@@ -102,6 +114,7 @@ impl ShutdownSignalWatch for Signals {
                 "drained: no request in flight; exiting"
             );
         }
+        flush_events().await;
         ShutdownSignal::FastShutdown
     }
 }
@@ -152,6 +165,7 @@ impl BackgroundService for UpgradeDrain {
                 "drained after the upgrade; exiting"
             );
         }
+        flush_events().await;
         std::process::exit(0);
     }
 }

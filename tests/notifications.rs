@@ -59,8 +59,16 @@ fn skopeo(cert_dir: Option<&Path>, creds: &str, args: &[&str]) -> String {
     run(cmd.args(&args[1..]))
 }
 
-/// Push, pull back, delete: the same for any registry at `addr`.
-fn round_trip(img: &Path, out: &Path, addr: &str, cert_dir: Option<&Path>, creds: &str) {
+/// Push, pull back, delete the manifest, mount a layer into another repository and delete it
+/// there: the same for any registry at `addr`.
+fn round_trip(
+    img: &Path,
+    out: &Path,
+    addr: &str,
+    cert_dir: Option<&Path>,
+    creds: &str,
+    layer: &str,
+) {
     let dest = format!("docker://{addr}/team/app:v1");
     skopeo(
         cert_dir,
@@ -73,6 +81,34 @@ fn round_trip(img: &Path, out: &Path, addr: &str, cert_dir: Option<&Path>, creds
         &["copy", "-q", &dest, &format!("oci:{}:v1", out.display())],
     );
     skopeo(cert_dir, creds, &["delete", &dest]);
+    let base = match cert_dir {
+        Some(_) => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    };
+    let curl = |method: &str, url: String| {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            creds,
+            "-X",
+            method,
+        ]);
+        if let Some(d) = cert_dir {
+            cmd.arg("--cacert").arg(d.join("ca.crt"));
+        }
+        run(cmd.arg(url))
+    };
+    let mount = format!("{base}/v2/other/blobs/uploads/?mount={layer}&from=team/app");
+    assert_eq!(curl("POST", mount), "201");
+    assert_eq!(
+        curl("DELETE", format!("{base}/v2/other/blobs/{layer}")),
+        "202"
+    );
 }
 
 /// An event with what differs between two registries by nature taken out (ids, times, the
@@ -160,30 +196,27 @@ async fn events_match_distribution_field_by_field() {
     );
 
     let img = work.path().join("img");
-    make_oci_layout(&img, "v1", &[3 << 20, 50_000]);
+    let layers = make_oci_layout(&img, "v1", &[3 << 20, 50_000]);
+    let (dist_out, edge_out) = (work.path().join("out-dist"), work.path().join("out-edge"));
+    round_trip(&img, &dist_out, &dist.addr, None, &creds, &layers[1]);
+    let certs = edge.cert_dir();
     round_trip(
         &img,
-        &work.path().join("out-dist"),
-        &dist.addr,
-        None,
-        &creds,
-    );
-    round_trip(
-        &img,
-        &work.path().join("out-edge"),
+        &edge_out,
         &edge.addr,
-        Some(&edge.cert_dir()),
+        Some(&certs),
         &creds,
+        &layers[1],
     );
 
     // Distribution: 3 blob pushes (2 layers, config), 1 manifest push, 4 pulls, 2 deletes (the
-    // manifest and its tag) at least; wait for both to say the same.
+    // manifest and its tag), a mount and a blob delete at least; wait for both to agree.
     eventually(
         60,
         "the edge's events to match Distribution's",
         async || {
             let d = receiver.events("/dist");
-            d.len() >= 10 && sorted(&d) == sorted(&receiver.events("/edge"))
+            d.len() >= 12 && sorted(&d) == sorted(&receiver.events("/edge"))
         },
     )
     .await;
@@ -203,7 +236,7 @@ async fn events_match_distribution_field_by_field() {
         assert_eq!(keys(&a["source"]), keys(&b["source"]));
     }
     let actions: Vec<&str> = ours.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    for a in ["push", "pull", "delete"] {
+    for a in ["push", "pull", "delete", "mount"] {
         assert!(actions.contains(&a), "{actions:?}");
     }
     assert!(ours

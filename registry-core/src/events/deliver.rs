@@ -148,26 +148,40 @@ impl EndpointQueue {
         let name = &self.cfg.name;
         let mut failures: u32 = 0;
         loop {
-            let seg = self.spool.front().await;
-            let body = match self.spool.read(&seg).await {
-                Ok(Some(b)) => b,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(endpoint = %name, error = %e, "cannot read a notification segment; retrying");
-                    tokio::time::sleep(self.cfg.backoff.max(Duration::from_millis(100))).await;
-                    continue;
+            let segments = self.spool.front(MAX_BATCH).await;
+            let mut bodies = Vec::new();
+            let mut unreadable = None;
+            for seg in &segments {
+                match self.spool.read(seg).await {
+                    Ok(Some(b)) => bodies.push((seg, b)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        unreadable = Some(e);
+                        break;
+                    }
                 }
-            };
+            }
+            if let Some(e) = unreadable {
+                tracing::warn!(endpoint = %name, error = %e, "cannot read a notification segment; retrying");
+                tokio::time::sleep(self.cfg.backoff.max(Duration::from_millis(100))).await;
+                continue;
+            }
+            if bodies.is_empty() {
+                continue;
+            }
+            let (body, count) = envelope(&bodies);
             match self.post(&client, body).await {
                 Ok(()) => {
                     if failures >= self.cfg.threshold.max(1) {
                         tracing::info!(endpoint = %name, failures, "notification endpoint takes events again");
                     }
                     failures = 0;
-                    metrics::notification_sent(name, seg.count);
-                    if let Err(e) = self.spool.remove(&seg).await {
-                        // It will be sent again after a restart: at least once.
-                        tracing::warn!(endpoint = %name, error = %e, "removing a delivered notification segment failed");
+                    metrics::notification_sent(name, count);
+                    for (seg, _) in &bodies {
+                        if let Err(e) = self.spool.remove(seg).await {
+                            // It will be sent again after a restart: at least once.
+                            tracing::warn!(endpoint = %name, error = %e, "removing a delivered notification segment failed");
+                        }
                     }
                 }
                 Err(why) => {
@@ -213,6 +227,27 @@ impl EndpointQueue {
             Err(format!("the endpoint answered {status}"))
         }
     }
+}
+
+/// One envelope of the segments' events, in order, and how many they are. A single segment is
+/// sent as it was stored.
+fn envelope(bodies: &[(&super::spool::Segment, bytes::Bytes)]) -> (bytes::Bytes, usize) {
+    if let [(seg, body)] = bodies {
+        return (body.clone(), seg.count);
+    }
+    let mut events = Vec::new();
+    for (_, body) in bodies {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(mut m)) => match m.remove("events") {
+                Some(serde_json::Value::Array(a)) => events.extend(a),
+                _ => tracing::warn!("skipping a notification segment without events"),
+            },
+            _ => tracing::warn!("skipping a notification segment that is not JSON"),
+        }
+    }
+    let n = events.len();
+    let body = serde_json::to_vec(&serde_json::json!({ "events": events })).expect("JSON values");
+    (bytes::Bytes::from(body), n)
 }
 
 /// `sha256=<hex HMAC-SHA256(secret, body)>`.

@@ -161,12 +161,25 @@ impl Spool {
         Ok(())
     }
 
-    /// The oldest segment, once there is one.
-    pub async fn front(&self) -> Segment {
+    /// The oldest segments, once there is one: as many as hold at most `max_events` together
+    /// (always at least one).
+    pub async fn front(&self, max_events: usize) -> Vec<Segment> {
         loop {
             let ready = self.ready.notified();
-            if let Some(s) = self.state().segments.front().cloned() {
-                return s;
+            {
+                let st = self.state();
+                let mut out = Vec::new();
+                let mut n = 0;
+                for s in &st.segments {
+                    if !out.is_empty() && n + s.count > max_events {
+                        break;
+                    }
+                    n += s.count;
+                    out.push(s.clone());
+                }
+                if !out.is_empty() {
+                    return out;
+                }
             }
             ready.await;
         }
@@ -240,7 +253,7 @@ mod tests {
         drop(s);
         let s = Spool::new(storage.clone(), "ep", "host", 4);
         assert_eq!(s.recover().await.unwrap(), 3);
-        let first = s.front().await;
+        let first = s.front(1).await.remove(0);
         let body = s.read(&first).await.unwrap().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["events"][0]["id"], "e1");
@@ -249,12 +262,16 @@ mod tests {
         s.append(&[event(4), event(5)]).await.unwrap();
         assert_eq!(s.pending(), 3);
         assert_eq!(s.read(&first).await.unwrap(), None);
-        let next = s.front().await;
+        let next = s.front(1).await.remove(0);
         assert!(s.remove(&next).await.unwrap());
-        let last = s.front().await;
+        let last = s.front(1).await.remove(0);
         let v: serde_json::Value =
             serde_json::from_slice(&s.read(&last).await.unwrap().unwrap()).unwrap();
         assert_eq!(v["events"][0]["id"], "e4");
         assert_eq!(s.pending(), 2);
+        // Several segments go in one envelope, up to the limit.
+        s.append(&[event(6)]).await.unwrap();
+        assert_eq!(s.front(100).await.len(), 2);
+        assert_eq!(s.front(2).await.len(), 1);
     }
 }
