@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::receiver::Receiver;
+use common::core::receiver::Receiver;
 use common::{
     eventually, have, make_oci_layout, reserve_port, run, sample, Distribution, Edge, EdgeOpts,
 };
@@ -281,12 +281,7 @@ async fn events_match_distribution_field_by_field() {
         );
         assert!(!verify_signature("another-secret-0123", &p.body, sig));
     }
-    let m = reqwest::get(format!("http://{}/metrics", edge.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = edge.metrics_text().await;
     assert_eq!(
         sample(
             &m,
@@ -301,13 +296,7 @@ async fn events_match_distribution_field_by_field() {
 }
 
 async fn metric(edge: &Edge, series: &str) -> f64 {
-    let m = reqwest::get(format!("http://{}/metrics", edge.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    sample(&m, series).unwrap_or(0.0)
+    sample(&edge.metrics_text().await, series).unwrap_or(0.0)
 }
 
 /// `(action, digest or tag)` of each event.

@@ -30,12 +30,7 @@ async fn prometheus_scrapes_the_metrics() {
     }
     let r = c.get(format!("{}/v2/", edge.url())).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let text = reqwest::get(format!("http://{}/metrics", edge.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = edge.metrics_text().await;
     assert_eq!(
         sample(
             &text,

@@ -32,12 +32,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 async fn metrics(edge: &Edge) -> String {
-    reqwest::get(format!("http://{}/metrics", edge.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    edge.metrics_text().await
 }
 
 async fn get_json(c: &reqwest::Client, url: String, auth: &str) -> serde_json::Value {

@@ -434,11 +434,8 @@ impl Config {
             })?;
         }
         if let Some(n) = &f.notifications {
-            let port = self
-                .listen
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse().ok());
-            self.notifications = n.validate(port).map_err(|message| ConfigError::Value {
+            // The port of `source.addr` is the bound one, set by `run`.
+            self.notifications = n.validate(None).map_err(|message| ConfigError::Value {
                 origin: origin.into(),
                 key: "notifications",
                 message,

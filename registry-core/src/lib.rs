@@ -198,8 +198,14 @@ pub async fn run(
     ready: impl FnOnce(&str),
 ) -> std::io::Result<()> {
     check(&config).await?;
-    let registry = open(&config)?;
     let listener = Listener::bind(&config.listen).await?;
+    let mut config = config;
+    if let Listener::Tcp(l) = &listener {
+        // `source.addr` of the events: this host and the port bound (`--listen :0` included).
+        let port = l.local_addr()?.port();
+        config.notifications.source_addr = format!("{}:{port}", events::config::host_name());
+    }
+    let registry = open(&config)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_task = match &config.metrics_listen {
         Some(addr) => {

@@ -7,7 +7,6 @@
 pub mod core;
 
 pub mod browserless;
-pub mod receiver;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -189,6 +188,16 @@ impl Edge {
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         Self::spawn_in(dir, opts)
+    }
+
+    /// The Prometheus text of the edge's `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub fn url(&self) -> String {

@@ -7,6 +7,8 @@
 //! both backends; tests that look at files on disk say so with [`fs_only`].
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
