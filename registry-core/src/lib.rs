@@ -6,9 +6,10 @@
 //!   [`routes::Route`], validates names and digests, calls [`registry::Registry`], and turns every
 //!   [`error::RegistryError`] into a status and an OCI JSON error body in one place.
 //! - [`routes`]: `/v2/<name>/<kind>/<ref>` parsing from the end (names contain `/`).
-//! - [`registry`]: the operations (blobs, uploads, manifests, tags, catalog, referrers, purge) over
-//!   a [`storage::Storage`]; upload state lives in storage, the running hash included (saved
-//!   by [`hash`] after each chunk), so any process can finish an upload without re-reading it.
+//! - [`registry`]: the operations (blobs, uploads, manifests, tags, catalog, referrers, purge),
+//!   a file per concern, over a [`storage::Storage`]; upload state lives in storage, the running
+//!   hash included (saved by [`hash`] after each chunk), so any process can finish an upload
+//!   without re-reading it.
 //! - [`manifest`]: manifest validation, media types, referrer descriptors.
 //! - [`events`]: notifications: Distribution's event envelope POSTed to webhooks from a
 //!   durable queue per endpoint, kept in the store beside the images.

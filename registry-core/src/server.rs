@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::digest::Digest;
 use crate::error::{ErrorCode, RegistryError};
-use crate::events::{self, Action, Kind};
+use crate::events::{self, Action, Kind, Recorder};
 use crate::name::{Reference, RepoName, UploadId};
 use crate::registry::{upload_range, ChunkRange, Registry};
 use crate::routes::{self, query_param, Route};
@@ -161,7 +161,9 @@ pub async fn handle(registry: &Registry, req: Request<RequestBody>) -> Response<
     let class = route.as_ref().map_or("other", Route::class);
     let span = tracing::info_span!("request", %method, path = %path, route = class);
     let events = match registry.notifier() {
-        Some(n) if req.extensions().get::<events::Silent>().is_none() => Some(Events::new(n, &req)),
+        Some(n) if req.extensions().get::<events::Silent>().is_none() => {
+            Some(Recorder::new(n, &req))
+        }
         _ => None,
     };
     let result = async {
@@ -360,69 +362,11 @@ fn json_response(value: &serde_json::Value, content_type: &str) -> Response<Body
         .expect("well-formed")
 }
 
-/// The events of one request, when notifications are on.
-struct Events<'a> {
-    notifier: &'a events::Notifier,
-    ctx: events::RequestContext,
-}
-
-impl<'a> Events<'a> {
-    fn new(notifier: &'a events::Notifier, req: &Request<RequestBody>) -> Self {
-        Events {
-            notifier,
-            ctx: events::RequestContext::new(req),
-        }
-    }
-
-    fn manifest(
-        &self,
-        action: Action,
-        name: &RepoName,
-        m: &crate::registry::StoredManifest,
-        tag: Option<&str>,
-    ) {
-        let refs = self.notifier.include_references();
-        let digest = m.digest.to_string();
-        let t =
-            self.ctx
-                .manifest_target(name.as_str(), &m.media_type, &digest, &m.bytes, tag, refs);
-        self.notifier.emit(&self.ctx, action, Kind::Manifest, t);
-    }
-
-    fn blob(
-        &self,
-        action: Action,
-        name: &RepoName,
-        digest: &Digest,
-        size: u64,
-        from: Option<&RepoName>,
-    ) {
-        let t = self.ctx.blob_target(
-            name.as_str(),
-            &digest.to_string(),
-            size,
-            from.map(RepoName::as_str),
-        );
-        self.notifier.emit(&self.ctx, action, Kind::Blob, t);
-    }
-
-    fn deleted(&self, kind: Kind, name: &RepoName, digest: &Digest) {
-        let t = self.ctx.deleted_target(name.as_str(), &digest.to_string());
-        self.notifier.emit(&self.ctx, Action::Delete, kind, t);
-    }
-
-    fn tag_deleted(&self, name: &RepoName, tag: &str) {
-        let t = self.ctx.tag_target(name.as_str(), tag);
-        self.notifier
-            .emit(&self.ctx, Action::Delete, Kind::Manifest, t);
-    }
-}
-
 async fn dispatch(
     registry: &Registry,
     route: Route,
     req: Request<RequestBody>,
-    events: Option<&Events<'_>>,
+    events: Option<&Recorder<'_>>,
 ) -> Result<Response<Body>, RegistryError> {
     let method = req.method().clone();
     match (route, method) {
@@ -791,7 +735,7 @@ async fn start_upload(
     registry: &Registry,
     name: &RepoName,
     req: Request<RequestBody>,
-    events: Option<&Events<'_>>,
+    events: Option<&Recorder<'_>>,
 ) -> Result<Response<Body>, RegistryError> {
     let query = req.uri().query().map(str::to_owned);
     let query = query.as_deref();

@@ -4,7 +4,8 @@
 //!
 //! - here: the event types (the JSON Distribution sends), [`Origin`] (who asked: the edge passes
 //!   the authenticated user as the actor), and the [`Notifier`] that filters an event per
-//!   endpoint and hands it to that endpoint's queue without waiting;
+//!   endpoint and hands it to that endpoint's queue without waiting; [`Recorder`], what the
+//!   server's handlers call for one request, and the targets Distribution sends per operation;
 //! - [`config`]: `[notifications]` as written, validated into [`Settings`];
 //! - [`spool`]: the durable queue: events are written in segments to the store beside the
 //!   images (the data directory, or the bucket), bounded (the oldest go when it is full),
@@ -24,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{NotificationsFile, Settings};
 
+use crate::digest::Digest;
+use crate::name::RepoName;
 use crate::storage::Storage;
 
 /// The media type of the envelope.
@@ -315,6 +318,64 @@ impl Notifier {
                 e.push(event.clone());
             }
         }
+    }
+}
+
+/// The events of one request, when notifications are on: what the handlers call.
+pub struct Recorder<'a> {
+    notifier: &'a Notifier,
+    ctx: RequestContext,
+}
+
+impl<'a> Recorder<'a> {
+    pub fn new<B>(notifier: &'a Notifier, req: &http::Request<B>) -> Self {
+        Recorder {
+            notifier,
+            ctx: RequestContext::new(req),
+        }
+    }
+
+    pub fn manifest(
+        &self,
+        action: Action,
+        name: &RepoName,
+        m: &crate::registry::StoredManifest,
+        tag: Option<&str>,
+    ) {
+        let refs = self.notifier.include_references();
+        let digest = m.digest.to_string();
+        let t =
+            self.ctx
+                .manifest_target(name.as_str(), &m.media_type, &digest, &m.bytes, tag, refs);
+        self.notifier.emit(&self.ctx, action, Kind::Manifest, t);
+    }
+
+    pub fn blob(
+        &self,
+        action: Action,
+        name: &RepoName,
+        digest: &Digest,
+        size: u64,
+        from: Option<&RepoName>,
+    ) {
+        let t = self.ctx.blob_target(
+            name.as_str(),
+            &digest.to_string(),
+            size,
+            from.map(RepoName::as_str),
+        );
+        self.notifier.emit(&self.ctx, action, Kind::Blob, t);
+    }
+
+    pub fn deleted(&self, kind: Kind, name: &RepoName, digest: &Digest) {
+        let t = self.ctx.deleted_target(name.as_str(), &digest.to_string());
+        self.notifier.emit(&self.ctx, Action::Delete, kind, t);
+    }
+
+    pub fn tag_deleted(&self, name: &RepoName, tag: &str) {
+        let t = self.ctx.tag_target(name.as_str(), tag);
+        self.notifier
+            .emit(&self.ctx, Action::Delete, Kind::Manifest, t);
     }
 }
 
