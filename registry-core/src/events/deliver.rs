@@ -31,6 +31,8 @@ pub struct EndpointQueue {
     tx: mpsc::Sender<Msg>,
     rx: Mutex<Option<mpsc::Receiver<Msg>>>,
     spool: Spool,
+    /// Events dropped before the writer (channel full), for rate-limiting the log.
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl EndpointQueue {
@@ -41,6 +43,7 @@ impl EndpointQueue {
             cfg,
             tx,
             rx: Mutex::new(Some(rx)),
+            dropped: Default::default(),
         }
     }
 
@@ -63,7 +66,13 @@ impl EndpointQueue {
                 mpsc::error::TrySendError::Full(_) => "the store does not keep up",
                 mpsc::error::TrySendError::Closed(_) => "the queue is stopped",
             };
-            tracing::warn!(endpoint = %self.cfg.name, why, "notification event dropped");
+            // One line for the first and then every 1,000th: a flood must not flood the log.
+            let n = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n.is_multiple_of(1000) {
+                tracing::warn!(endpoint = %self.cfg.name, why, dropped = n + 1, "notification events dropped");
+            }
         }
     }
 

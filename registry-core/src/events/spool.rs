@@ -30,6 +30,8 @@ struct State {
     pending: usize,
     /// The stamp of the last segment written: the next is later, even if the clock is not.
     last_stamp: u64,
+    /// Events dropped so far (the log says so at the first and every 1,000 more).
+    dropped: u64,
 }
 
 pub struct Spool {
@@ -136,6 +138,7 @@ impl Spool {
         };
         self.storage.put(&self.key(&seg), Bytes::from(body)).await?;
         let mut dropped = Vec::new();
+        let mut log = None;
         {
             let mut st = self.state();
             st.pending += seg.count;
@@ -145,13 +148,23 @@ impl Spool {
                 st.pending -= old.count;
                 dropped.push(old);
             }
+            let n: u64 = dropped.iter().map(|s| s.count as u64).sum();
+            if n > 0 {
+                let before = st.dropped;
+                st.dropped += n;
+                if before == 0 || before / 1000 != st.dropped / 1000 {
+                    log = Some(st.dropped);
+                }
+            }
             metrics::notification_pending(&self.endpoint, st.pending);
         }
         self.ready.notify_one();
         if !dropped.is_empty() {
             let n: usize = dropped.iter().map(|s| s.count).sum();
             metrics::notification_dropped(&self.endpoint, n);
-            tracing::warn!(endpoint = %self.endpoint, dropped = n, max_pending = self.max_pending, "notification queue full: the oldest events were dropped");
+            if let Some(total) = log {
+                tracing::warn!(endpoint = %self.endpoint, dropped = n, dropped_total = total, max_pending = self.max_pending, "notification queue full: the oldest events were dropped");
+            }
             for s in dropped {
                 if let Err(e) = self.storage.delete(&self.key(&s)).await {
                     tracing::warn!(endpoint = %self.endpoint, error = %e, "removing a dropped event segment failed");
@@ -246,12 +259,12 @@ mod tests {
     async fn survives_a_restart_in_order_and_drops_the_oldest_beyond_its_bound() {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path()).unwrap());
-        let s = Spool::new(storage.clone(), "ep", "host", 4);
+        let s = Spool::new(storage.clone(), "spool-test", "host", 4);
         assert_eq!(s.recover().await.unwrap(), 0);
         s.append(&[event(1), event(2)]).await.unwrap();
         s.append(&[event(3)]).await.unwrap();
         drop(s);
-        let s = Spool::new(storage.clone(), "ep", "host", 4);
+        let s = Spool::new(storage.clone(), "spool-test", "host", 4);
         assert_eq!(s.recover().await.unwrap(), 3);
         let first = s.front(1).await.remove(0);
         let body = s.read(&first).await.unwrap().unwrap();
@@ -261,6 +274,11 @@ mod tests {
         // Two more: five is over the bound of four, so the oldest segment (two events) goes.
         s.append(&[event(4), event(5)]).await.unwrap();
         assert_eq!(s.pending(), 3);
+        let m = crate::metrics::render();
+        assert!(
+            m.contains("regcore_notification_events_dropped_total{endpoint=\"spool-test\"} 2"),
+            "{m}"
+        );
         assert_eq!(s.read(&first).await.unwrap(), None);
         let next = s.front(1).await.remove(0);
         assert!(s.remove(&next).await.unwrap());
