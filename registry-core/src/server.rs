@@ -467,11 +467,7 @@ async fn dispatch(
                 .map_err(|_| RegistryError::manifest_unknown(&reference))?;
             let m_ = registry.get_manifest(&name, &reference).await?;
             if let Some(ev) = events {
-                let tag = match &reference {
-                    Reference::Tag(t) => Some(t.as_str()),
-                    Reference::Digest(_) => None,
-                };
-                ev.manifest(Action::Pull, &name, &m_, tag);
+                ev.manifest(Action::Pull, &name, &m_, &reference);
             }
             let len = m_.bytes.len();
             let body = if m == Method::HEAD {
@@ -509,11 +505,7 @@ async fn dispatch(
                     digest: digest.clone(),
                     bytes,
                 };
-                let tag = match &reference {
-                    Reference::Tag(t) => Some(t.as_str()),
-                    Reference::Digest(_) => None,
-                };
-                ev.manifest(Action::Push, &name, &stored, tag);
+                ev.manifest(Action::Push, &name, &stored, &reference);
             }
             let mut b = Response::builder()
                 .status(StatusCode::CREATED)

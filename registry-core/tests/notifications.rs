@@ -5,18 +5,9 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::receiver::Receiver;
-use common::{sha256, storage_for, stored_keys, BinServer};
-
-async fn wait_for(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::{eventually, sha256, storage_for, stored_keys, BinServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_wait_in_the_store_across_a_stop() {
@@ -78,7 +69,7 @@ async fn events_wait_in_the_store_across_a_stop() {
 
     let receiver = Receiver::start_on(port, true);
     let core = BinServer::spawn(&root, &["--config", cfg]);
-    wait_for(30, "the events to arrive", async || {
+    eventually(30, "the events to arrive", async || {
         receiver.events("/core").len() >= 2
     })
     .await;
@@ -106,7 +97,7 @@ async fn events_wait_in_the_store_across_a_stop() {
             sha256(manifest.as_bytes())
         )
     );
-    wait_for(30, "the queue to be emptied", async || {
+    eventually(30, "the queue to be emptied", async || {
         stored_keys(&*storage, "notifications/hook/core-1")
             .await
             .is_empty()

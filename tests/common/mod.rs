@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
 pub use core::{
-    error_code, have, make_oci_layout, random_bytes, run, sample, sha256, Distribution,
+    error_code, eventually, have, make_oci_layout, random_bytes, run, sample, sha256, Distribution,
 };
 
 /// A free loopback port. pingora binds by address, so the port is reserved here and handed over.
@@ -325,15 +325,6 @@ pub fn basic(user: &str, password: &str) -> String {
 
 pub fn assert_same_blobs(a: &Path, b: &Path) {
     core::assert_same_blobs(a, b)
-}
-
-/// Polls `f` until it returns true (at most `secs` seconds).
-pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 pub async fn add_user(edge: &Edge, user: &str, password: &str) {

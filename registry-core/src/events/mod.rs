@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use config::{NotificationsFile, Settings};
 
 use crate::digest::Digest;
-use crate::name::RepoName;
+use crate::name::{Reference, RepoName};
 use crate::storage::Storage;
 
 /// The media type of the envelope.
@@ -340,8 +340,12 @@ impl<'a> Recorder<'a> {
         action: Action,
         name: &RepoName,
         m: &crate::registry::StoredManifest,
-        tag: Option<&str>,
+        reference: &Reference,
     ) {
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        };
         let refs = self.notifier.include_references();
         let digest = m.digest.to_string();
         let t =

@@ -217,6 +217,18 @@ impl Drop for BinServer {
     }
 }
 
+/// Polls `f` until it returns true (at most `secs` seconds).
+pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Whether an external tool is installed. When `REGISTRY_TESTS_REQUIRE_TOOLS=1` (as the test
 /// command sets), a missing tool fails the test instead of skipping it.
 pub fn have(tool: &str) -> bool {
