@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::{Endpoint, MAX_BATCH};
-use super::spool::Spool;
+use super::spool::{Segment, Spool};
 use super::{Event, Kind, ENVELOPE_MEDIA_TYPE, SIGNATURE_HEADER};
 use crate::metrics;
 use crate::storage::Storage;
@@ -156,29 +156,27 @@ impl EndpointQueue {
         };
         let name = &self.cfg.name;
         let mut failures: u32 = 0;
+        // The envelope being retried and the segments in it: read from the store once, not at
+        // every try while an endpoint is down (on S3, a GET per segment per try).
+        let mut batch: Option<(Vec<Segment>, bytes::Bytes, usize)> = None;
         loop {
-            let segments = self.spool.front(MAX_BATCH).await;
-            let mut bodies = Vec::new();
-            let mut unreadable = None;
-            for seg in &segments {
-                match self.spool.read(seg).await {
-                    Ok(Some(b)) => bodies.push((seg, b)),
-                    Ok(None) => {}
+            let front = self.spool.front(MAX_BATCH).await;
+            let still_queued = batch
+                .as_ref()
+                .is_some_and(|(segs, _, _)| front.starts_with(segs));
+            if !still_queued {
+                batch = match self.read_batch(&front).await {
+                    Ok(b) => b,
                     Err(e) => {
-                        unreadable = Some(e);
-                        break;
+                        tracing::warn!(endpoint = %name, error = %e, "cannot read a notification segment; retrying");
+                        tokio::time::sleep(self.cfg.backoff.max(Duration::from_millis(100))).await;
+                        continue;
                     }
-                }
+                };
             }
-            if let Some(e) = unreadable {
-                tracing::warn!(endpoint = %name, error = %e, "cannot read a notification segment; retrying");
-                tokio::time::sleep(self.cfg.backoff.max(Duration::from_millis(100))).await;
+            let Some((segments, body, count)) = batch.clone() else {
                 continue;
-            }
-            if bodies.is_empty() {
-                continue;
-            }
-            let (body, count) = envelope(&bodies);
+            };
             match self.post(&client, body).await {
                 Ok(()) => {
                     if failures >= self.cfg.threshold.max(1) {
@@ -186,7 +184,8 @@ impl EndpointQueue {
                     }
                     failures = 0;
                     metrics::notification_sent(name, count);
-                    for (seg, _) in &bodies {
+                    batch = None;
+                    for seg in &segments {
                         if let Err(e) = self.spool.remove(seg).await {
                             // It will be sent again after a restart: at least once.
                             tracing::warn!(endpoint = %name, error = %e, "removing a delivered notification segment failed");
@@ -209,6 +208,26 @@ impl EndpointQueue {
                 }
             }
         }
+    }
+
+    /// The envelope of the segments that are still there (one may have been dropped as the
+    /// oldest meanwhile), with them and its event count; `None` when none is.
+    async fn read_batch(
+        &self,
+        front: &[Segment],
+    ) -> Result<Option<(Vec<Segment>, bytes::Bytes, usize)>, crate::error::StorageError> {
+        let mut bodies = Vec::new();
+        for seg in front {
+            if let Some(b) = self.spool.read(seg).await? {
+                bodies.push((seg, b));
+            }
+        }
+        if bodies.is_empty() {
+            return Ok(None);
+        }
+        let (body, count) = envelope(&bodies);
+        let segments = bodies.into_iter().map(|(s, _)| s.clone()).collect();
+        Ok(Some((segments, body, count)))
     }
 
     async fn post(&self, client: &reqwest_tls::Client, body: bytes::Bytes) -> Result<(), String> {
@@ -240,7 +259,7 @@ impl EndpointQueue {
 
 /// One envelope of the segments' events, in order, and how many they are. A single segment is
 /// sent as it was stored.
-fn envelope(bodies: &[(&super::spool::Segment, bytes::Bytes)]) -> (bytes::Bytes, usize) {
+fn envelope(bodies: &[(&Segment, bytes::Bytes)]) -> (bytes::Bytes, usize) {
     if let [(seg, body)] = bodies {
         return (body.clone(), seg.count);
     }
