@@ -17,6 +17,15 @@ use common::{assert_same_blobs, have, make_oci_layout, reserve_port, Edge, EdgeO
 
 const SECRET: &str = "a-shared-secret-of-the-test-edges";
 
+/// The two tests here each run a SeaweedFS store, an edge and registry processes; on a 2-core
+/// machine, run side by side, they starve each other (a cluster that does not come up within its
+/// minute, a kill landing at another moment than meant). One at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn core_bin() -> PathBuf {
     let b = Path::new(env!("CARGO_BIN_EXE_registry-edge")).with_file_name("registry-core");
     assert!(
@@ -93,6 +102,7 @@ fn three_replicas_on_one_bucket_behind_one_edge_survive_a_kill() {
     if !have("weed") || !have("skopeo") {
         return;
     }
+    let _alone = one_at_a_time();
     let store = Seaweed::start();
     let ports: Vec<u16> = (0..3).map(|_| reserve_port()).collect();
     let mut replicas: Vec<BinServer> = ports.iter().map(|p| replica(&store, "three", *p)).collect();
@@ -221,10 +231,13 @@ fn three_replicas_on_one_bucket_behind_one_edge_survive_a_kill() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+// The lock only orders this binary's two tests; nothing awaits it.
+#[allow(clippy::await_holding_lock)]
 async fn two_edges_on_one_bucket_of_a_seaweedfs_cluster() {
     if !have("weed") || !have("skopeo") {
         return;
     }
+    let _alone = one_at_a_time();
     let store = Seaweed::start_cluster();
     let opts = || {
         let mut o = EdgeOpts::default().env("REGISTRY_HTTP_SECRET", SECRET);
