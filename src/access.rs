@@ -1,11 +1,16 @@
 //! Access rules: which users (by name or group) may pull, push or delete in which repositories.
 //! With no rules, every authenticated user may do everything. A rule allows its actions to its
 //! users on repositories matching one of its patterns (`*` matches any run of characters,
-//! including `/`); a request is allowed when some rule allows every action it needs.
+//! including `/`); a request is allowed when some rule allows every action it needs. The user
+//! `anonymous` is a client that did not log in: only rules that name it (or a group holding it)
+//! apply to it, never `"*"`.
 
 use std::collections::BTreeMap;
 
 use registry_core::routes::Route;
+
+/// The user name of clients that did not log in (reserved: no htpasswd user has it).
+pub const ANONYMOUS: &str = "anonymous";
 
 /// What a request does to a repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,8 +133,21 @@ impl Rules {
         self.rules.is_empty()
     }
 
+    /// Whether some rule names `anonymous`: then clients may do that without logging in.
+    pub fn names_anonymous(&self) -> bool {
+        self.rules.iter().any(|r| self.applies_to(r, ANONYMOUS))
+    }
+
+    /// Whether `user` may list the catalog (filtered to what it may pull): every authenticated
+    /// user, and anonymous clients when some rule names them.
+    pub fn may_list(&self, user: &str) -> bool {
+        user != ANONYMOUS || self.names_anonymous()
+    }
+
     fn applies_to(&self, rule: &Rule, user: &str) -> bool {
-        rule.users.iter().any(|u| u == "*" || u == user)
+        rule.users
+            .iter()
+            .any(|u| u == user || (u == "*" && user != ANONYMOUS))
             || rule.groups.iter().any(|g| {
                 self.groups
                     .get(g)
@@ -139,7 +157,7 @@ impl Rules {
 
     /// Whether `user` may do `action` in `repo`.
     pub fn allows(&self, user: &str, repo: &str, action: Action) -> bool {
-        self.is_open()
+        (self.is_open() && user != ANONYMOUS)
             || self.rules.iter().any(|r| {
                 r.actions.contains(&action)
                     && self.applies_to(r, user)
@@ -220,6 +238,26 @@ mod tests {
         assert!(!r.allows("bob", "x", Action::Push));
         assert!(r.allows("alice", "x/y", Action::Delete));
         assert!(Rules::default().allows("anyone", "x", Action::Delete));
+        // "*" is every user who logged in, not anonymous clients.
+        assert!(!r.allows(ANONYMOUS, "x", Action::Pull));
+        assert!(!Rules::default().allows(ANONYMOUS, "x", Action::Pull));
+        assert!(!r.names_anonymous() && !r.may_list(ANONYMOUS) && r.may_list("bob"));
+    }
+
+    #[test]
+    fn anonymous_pull_of_public_repositories() {
+        let r = rules(
+            &[("readers", &[ANONYMOUS])],
+            &[
+                (&["public/*"], &[], &["readers"], &["pull"]),
+                (&["*"], &["*"], &[], &["pull", "push"]),
+            ],
+        );
+        assert!(r.names_anonymous() && r.may_list(ANONYMOUS));
+        assert!(r.allows(ANONYMOUS, "public/x", Action::Pull));
+        assert!(!r.allows(ANONYMOUS, "public/x", Action::Push));
+        assert!(!r.allows(ANONYMOUS, "private", Action::Pull));
+        assert!(r.allows("bob", "private", Action::Push));
     }
 
     #[test]

@@ -11,13 +11,15 @@
 //! - [`conn`]: client connections before HTTP: the per-address cap, the TLS handshake under a
 //!   deadline (a readable 400 for plain HTTP), and the deadline on each request's header block.
 //! - [`auth`]: htpasswd (bcrypt) parsing, first-user creation, the cached verifier and the
-//!   bounded pool of bcrypt threads.
+//!   bounded pool of bcrypt threads; [`auth::token`]: token mode's ES256 JWTs (the signing key,
+//!   issuing, verifying, scopes and what the rules grant of them).
 //! - [`lockout`]: failed logins per client address (reserved before bcrypt runs) and per user
 //!   name (slowed, never refused); 429 with a growing delay.
 //! - [`request`]: a `/v2/` request parsed and validated into its canonical form, the only form
 //!   that is authorized and forwarded.
 //! - [`access`]: access rules (users, groups, repository patterns, pull/push/delete).
-//! - [`proxy`]: the pingora `ProxyHttp` implementation: auth, parsing, access rules, then either
+//! - [`proxy`]: the pingora `ProxyHttp` implementation: auth (Basic, or Bearer tokens and the
+//!   `/token` endpoint in `proxy/token.rs`), parsing, access rules, then either
 //!   the embedded registry-core's handler called in-process (`proxy/embedded.rs`), or the
 //!   upstream pool ([`proxy::upstream`]: every address of every URL, health-checked, round robin
 //!   or least connections, upload affinity) and forwarding headers; the filtered catalog
@@ -79,6 +81,8 @@ pub enum StartError {
     Auth(#[from] auth::AuthError),
     #[error(transparent)]
     Secret(#[from] secret::SecretError),
+    #[error(transparent)]
+    TokenKey(#[from] auth::token::KeyError),
     #[error("{0}")]
     Ui(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -120,6 +124,8 @@ pub struct Prepared {
     pub auth: Arc<Authenticator>,
     /// The shared secret (configured, or generated and kept), when the UI is on.
     pub secret: Option<Arc<secret::Secret>>,
+    /// The token service, in token mode.
+    pub tokens: Option<Arc<auth::token::Tokens>>,
 }
 
 /// The certificate files of `config`.
@@ -172,11 +178,22 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         (Some(_), Some(s)) => Some(s.clone()),
         (Some(_), None) => Some(Arc::new(secret::Secret::from_file(&config.secret_file)?)),
     };
+    let tokens = match &config.token {
+        None => None,
+        Some(settings) => {
+            let (key, created) = auth::token::SigningKey::load_or_create(&settings.key)?;
+            if created {
+                tracing::warn!(file = %settings.key.display(), kid = key.kid(), "created the token signing key; edges that share the work must share this file");
+            }
+            Some(Arc::new(auth::token::Tokens::new(settings.clone(), key)))
+        }
+    };
     ui::text::check().map_err(StartError::Ui)?;
     Ok(Prepared {
         certs,
         auth: Arc::new(Authenticator::new(users)),
         secret,
+        tokens,
     })
 }
 
@@ -401,6 +418,7 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
     let edge = Edge {
         catalog_connector: pingora::connectors::http::Connector::new(None),
         auth: prepared.auth.clone(),
+        tokens: prepared.tokens.clone(),
         realm: config.realm.clone(),
         upstreams,
         access: config.access.clone(),

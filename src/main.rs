@@ -222,6 +222,11 @@ fn passwd(file: &Path, user: &str, from_stdin: bool, cost: u32) -> Result<(), St
             "{user:?} is not a valid user name (no ':' or whitespace)"
         ));
     }
+    if user == registry_edge::access::ANONYMOUS {
+        return Err(format!(
+            "{user:?} is reserved for clients that do not log in (the access rules' anonymous user)"
+        ));
+    }
     if !(4..=31).contains(&cost) {
         return Err(format!("bcrypt cost {cost} is not between 4 and 31"));
     }

@@ -52,6 +52,21 @@ metric!(AUTH_CACHE: IntCounterVec = register_int_counter_vec!(
     "Credential cache lookups for well-formed credentials: hit or miss (a miss runs bcrypt).",
     &["result"]
 ));
+metric!(TOKENS_ISSUED: IntCounterVec = register_int_counter_vec!(
+    "regedge_tokens_issued_total",
+    "Tokens handed out by /token (token mode), by kind: anonymous, get (Basic credentials), password and refresh_token (OAuth2 grants), refresh (a refresh token).",
+    &["kind"]
+));
+metric!(TOKEN_REFUSED: IntCounterVec = register_int_counter_vec!(
+    "regedge_token_requests_refused_total",
+    "Token requests refused, by OAuth2 error: invalid_request, invalid_scope, invalid_client, invalid_grant, unsupported_grant_type, too_many_requests.",
+    &["error"]
+));
+metric!(TOKEN_CHECKS: IntCounterVec = register_int_counter_vec!(
+    "regedge_token_verifications_total",
+    "Bearer tokens of API requests checked (token mode), by result: ok, missing, malformed, bad_signature, expired, not_yet_valid, wrong_issuer, wrong_audience, unknown_user.",
+    &["result"]
+));
 metric!(UPSTREAM_ERRORS: IntCounterVec = register_int_counter_vec!(
     "regedge_upstream_errors_total",
     "Failures talking to the upstream registry, by kind: connect, timeout, other.",
@@ -141,6 +156,9 @@ pub fn init() {
     for k in ["connect", "timeout", "other"] {
         UPSTREAM_ERRORS.with_label_values(&[k]);
     }
+    LazyLock::force(&TOKENS_ISSUED);
+    LazyLock::force(&TOKEN_REFUSED);
+    LazyLock::force(&TOKEN_CHECKS);
     LazyLock::force(&HTPASSWD_USERS);
     for f in ["certificate", "htpasswd"] {
         for r in ["ok", "failed"] {

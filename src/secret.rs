@@ -128,7 +128,7 @@ impl Secret {
 }
 
 /// Creates `path` with mode 0600 and writes `data`; fails when it exists.
-fn create_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn create_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;

@@ -195,10 +195,16 @@ fn distribution_2_8_behind_the_edge() {
     ));
     skopeo_round_trip(&edge, "behind/dist");
     // Distribution builds absolute Locations from the forwarded headers: https and the edge's host.
+    let auth = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::authorization(
+            &edge,
+            &["repository:behind/dist:pull,push"],
+        ));
     let out = run(Command::new("curl")
         .args(["-sS", "-i", "-X", "POST", "--cacert"])
         .arg(edge.path("certs/ca.crt"))
-        .args(["-u", &format!("{}:{}", edge.user, edge.password)])
+        .args(["-H", &format!("Authorization: {auth}")])
         .arg(format!("{}/v2/behind/dist/blobs/uploads/", edge.url())));
     let location = out
         .lines()
@@ -221,34 +227,12 @@ fn distribution_2_8_behind_the_edge() {
 
 #[test]
 fn docker_engine_login_push_pull() {
-    let engine = Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !engine {
-        if std::env::var("REGISTRY_TESTS_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("docker info does not answer");
-        }
-        eprintln!("SKIPPED: docker info does not answer, so the Docker engine test does not run");
+    if !common::docker_engine() {
         return;
     }
     let edge = Edge::start();
-    // The CA where the Docker engine looks for it. (dockerd treats 127.0.0.0/8 as an insecure
-    // registry by default, so on loopback this proves TLS is spoken, not that it is verified;
-    // the skopeo and podman tests verify it.)
-    let certs_d = Path::new("/etc/docker/certs.d").join(&edge.addr);
-    std::fs::create_dir_all(&certs_d).unwrap();
-    std::fs::write(certs_d.join("ca.crt"), edge.ca_pem()).unwrap();
-    struct Cleanup(std::path::PathBuf, String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-            let _ = Command::new("docker").args(["rmi", "-f", &self.1]).output();
-        }
-    }
     let image = format!("{}/docker/scratch:v1", edge.addr);
-    let _cleanup = Cleanup(certs_d, image.clone());
+    let _trust = common::DockerTrust::new(&edge, &[&image]);
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("docker-config");
     let docker = |args: &[&str]| {

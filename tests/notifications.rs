@@ -67,6 +67,7 @@ fn round_trip(
     addr: &str,
     cert_dir: Option<&Path>,
     creds: &str,
+    authorization: &str,
     layer: &str,
 ) {
     let dest = format!("docker://{addr}/team/app:v1");
@@ -93,8 +94,8 @@ fn round_trip(
             "/dev/null",
             "-w",
             "%{http_code}",
-            "-u",
-            creds,
+            "-H",
+            &format!("Authorization: {authorization}"),
             "-X",
             method,
         ]);
@@ -198,14 +199,26 @@ async fn events_match_distribution_field_by_field() {
     let img = work.path().join("img");
     let layers = make_oci_layout(&img, "v1", &[3 << 20, 50_000]);
     let (dist_out, edge_out) = (work.path().join("out-dist"), work.path().join("out-edge"));
-    round_trip(&img, &dist_out, &dist.addr, None, &creds, &layers[1]);
+    let dist_auth = common::basic(&edge.user, &edge.password);
+    round_trip(
+        &img, &dist_out, &dist.addr, None, &creds, &dist_auth, &layers[1],
+    );
     let certs = edge.cert_dir();
+    let edge_auth = common::authorization(
+        &edge,
+        &[
+            "repository:other:pull,push,delete",
+            "repository:team/app:pull",
+        ],
+    )
+    .await;
     round_trip(
         &img,
         &edge_out,
         &edge.addr,
         Some(&certs),
         &creds,
+        &edge_auth,
         &layers[1],
     );
 
@@ -483,9 +496,10 @@ async fn a_receiver_that_does_not_answer_holds_up_no_request() {
 
     // A hostile client's values are bounded before they are stored and sent on.
     let c = edge.client(false);
+    let auth = common::authorization(&edge, &["repository:team/app:pull"]).await;
     let r = c
         .get(format!("{}/v2/team/app/blobs/{}", edge.url(), blobs[0]))
-        .header("authorization", common::basic(&edge.user, &edge.password))
+        .header("authorization", auth)
         .header("user-agent", "x".repeat(6000))
         .send()
         .await

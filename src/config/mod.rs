@@ -188,6 +188,13 @@ struct AuthSection {
     realm: String,
     first_user: String,
     bcrypt_cost: u32,
+    mode: String,
+    service: String,
+    issuer: String,
+    token_ttl: String,
+    refresh_ttl: String,
+    token_key: PathBuf,
+    token_realm: String,
 }
 
 impl Default for AuthSection {
@@ -197,6 +204,13 @@ impl Default for AuthSection {
             realm: "Registry Realm".into(),
             first_user: "admin".into(),
             bcrypt_cost: 10,
+            mode: "basic".into(),
+            service: "registry-edge".into(),
+            issuer: "registry-edge".into(),
+            token_ttl: "5m".into(),
+            refresh_ttl: "720h".into(),
+            token_key: PathBuf::new(),
+            token_realm: String::new(),
         }
     }
 }
@@ -327,6 +341,9 @@ pub struct Config {
     /// When no htpasswd file exists, create it with this user and a random password.
     pub first_user: Option<String>,
     pub bcrypt_cost: u32,
+    /// Token mode (`[auth] mode = "token"`): the edge is its own token server and requests
+    /// carry Bearer tokens. `None`: Basic auth.
+    pub token: Option<crate::auth::token::Settings>,
     pub upstream: Upstream,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -506,6 +523,12 @@ impl Config {
         }
         let first_user = match f.auth.first_user.as_str() {
             "" => None,
+            crate::access::ANONYMOUS => {
+                return Err(bad(
+                    "auth.first_user",
+                    "\"anonymous\" is reserved for clients that do not log in".into(),
+                ))
+            }
             u if u.contains(':') || u.chars().any(char::is_whitespace) => {
                 return Err(bad(
                     "auth.first_user",
@@ -513,6 +536,16 @@ impl Config {
                 ))
             }
             u => Some(u.to_owned()),
+        };
+        let token = match f.auth.mode.as_str() {
+            "basic" => None,
+            "token" => Some(token_settings(&f.auth, &bad, &duration)?),
+            other => {
+                return Err(bad(
+                    "auth.mode",
+                    format!("{other:?}: must be \"basic\" or \"token\""),
+                ))
+            }
         };
         for h in &f.tls.hosts {
             if h.is_empty() || h.contains(char::is_whitespace) {
@@ -744,6 +777,7 @@ impl Config {
             realm: f.auth.realm,
             first_user,
             bcrypt_cost: f.auth.bcrypt_cost,
+            token,
             upstream,
             connect_timeout: duration("upstream.connect_timeout", &f.upstream.connect_timeout)?,
             read_timeout: duration("upstream.read_timeout", &f.upstream.read_timeout)?,
@@ -760,6 +794,72 @@ impl Config {
             source: (PathBuf::new(), true),
         })
     }
+}
+
+/// Token mode's settings from `[auth]`.
+fn token_settings(
+    a: &AuthSection,
+    bad: &dyn Fn(&str, String) -> ConfigError,
+    duration: &dyn Fn(&str, &str) -> Result<Duration, ConfigError>,
+) -> Result<crate::auth::token::Settings, ConfigError> {
+    // Quoted in challenges and compared in tokens: plain printable ASCII.
+    let plain = |key: &str, v: &str| {
+        let ok = !v.is_empty()
+            && v.len() <= 200
+            && v.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if ok {
+            Ok(v.to_owned())
+        } else {
+            Err(bad(
+                key,
+                format!("{v:?}: 1 to 200 printable characters, no spaces, '\"' or '\\'"),
+            ))
+        }
+    };
+    let ttl = duration("auth.token_ttl", &a.token_ttl)?;
+    if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(86_400) {
+        return Err(bad(
+            "auth.token_ttl",
+            "must be between 1m (clients treat shorter as 60 s) and 24h".into(),
+        ));
+    }
+    let refresh_ttl = duration("auth.refresh_ttl", &a.refresh_ttl)?;
+    if refresh_ttl < ttl {
+        return Err(bad(
+            "auth.refresh_ttl",
+            "must be at least auth.token_ttl".into(),
+        ));
+    }
+    let realm = match a.token_realm.as_str() {
+        "" => None,
+        r => {
+            let r = plain("auth.token_realm", r)?;
+            if !(r.starts_with("https://") || r.starts_with("http://")) {
+                return Err(bad(
+                    "auth.token_realm",
+                    format!("{r:?}: must be a URL like \"https://registry.example.com/token\""),
+                ));
+            }
+            Some(r)
+        }
+    };
+    let key = if a.token_key.as_os_str().is_empty() {
+        a.htpasswd
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join("token.key")
+    } else {
+        a.token_key.clone()
+    };
+    Ok(crate::auth::token::Settings {
+        service: plain("auth.service", &a.service)?,
+        issuer: plain("auth.issuer", &a.issuer)?,
+        ttl,
+        refresh_ttl,
+        key,
+        realm,
+    })
 }
 
 /// The dotted key whose value starts at byte `pos` of TOML `text` written by `toml::to_string`.

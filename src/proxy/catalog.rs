@@ -37,7 +37,7 @@ impl Edge {
             Err(e) => {
                 tracing::error!(error = %e, "catalog listing failed");
                 let msg = "the registry could not list its repositories";
-                self.respond(session, ctx, 503, "UNAVAILABLE", msg, false, None)
+                self.respond(session, ctx, 503, "UNAVAILABLE", msg, None, None)
                     .await?;
                 return Ok(());
             }

@@ -59,7 +59,10 @@ fn origin(session: &Session, ctx: &Ctx) -> registry_core::events::Origin {
         v.and_then(|v| v.to_str().ok()).unwrap_or("")
     }
     registry_core::events::Origin::new(
-        ctx.user.as_deref(),
+        // Distribution names no actor for an anonymous request.
+        ctx.user
+            .as_deref()
+            .filter(|u| *u != crate::access::ANONYMOUS),
         addr,
         text(host.as_ref()),
         ctx.proto,

@@ -2,7 +2,13 @@
 //! access rules; upstream choice; forwarding headers; the API-version header on every `/v2/`
 //! answer; the catalog filtered to what the user may pull; and the JSON error bodies of the edge's
 //! own answers (401, 403, 404, 429, 502/503/504). [`embedded`] answers with the in-process
-//! registry-core; [`catalog`] serves the filtered catalog.
+//! registry-core; [`catalog`] serves the filtered catalog; [`token`] is token mode (the `/token`
+//! endpoint, the JWKS, the Bearer check and its challenges).
+//!
+//! Who a request is: in Basic mode the htpasswd user of its credentials, or, without
+//! credentials, `anonymous` when the rules let anonymous clients do all the request needs (else
+//! 401). In token mode the subject of a valid token (`anonymous` for an anonymous token), and the
+//! request needs both a token that grants it and rules that allow it now.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use registry_core::Registry;
 
-use crate::access::{self, Action, Rules};
+use crate::access::{self, Action, Rules, ANONYMOUS};
 use crate::auth::{parse_basic, Authenticator, Busy, Denied};
 use crate::lockout::{Lockout, Refused, MAX_USER_LEN};
 use crate::metrics;
@@ -25,6 +31,7 @@ use registry_core::routes::Route;
 
 mod catalog;
 mod embedded;
+pub mod token;
 pub mod upstream;
 
 pub(crate) use upstream::Answer;
@@ -58,6 +65,8 @@ pub struct Timeouts {
 /// The edge.
 pub struct Edge {
     pub auth: Arc<Authenticator>,
+    /// Token mode's token service; `None`: Basic auth.
+    pub tokens: Option<Arc<crate::auth::token::Tokens>>,
     pub realm: String,
     pub upstreams: Upstreams,
     pub timeouts: Timeouts,
@@ -246,7 +255,7 @@ impl Edge {
         status: u16,
         code: &str,
         message: &str,
-        challenge: bool,
+        challenge: Option<&str>,
         retry_after: Option<Duration>,
     ) -> Result<()> {
         let body = error_body(code, message);
@@ -254,11 +263,8 @@ impl Edge {
         h.insert_header("Content-Type", "application/json")?;
         h.insert_header("Content-Length", body.len().to_string())?;
         h.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
-        if challenge {
-            h.insert_header(
-                "WWW-Authenticate",
-                format!("Basic realm=\"{}\"", self.realm),
-            )?;
+        if let Some(c) = challenge {
+            h.insert_header("WWW-Authenticate", c)?;
         }
         if let Some(d) = retry_after {
             h.insert_header("Retry-After", d.as_secs_f64().ceil().max(1.0).to_string())?;
@@ -359,6 +365,11 @@ impl Edge {
                 let msg = "malformed Authorization header: Basic credentials expected";
                 return self.refuse(session, ctx, 401, msg, None).await;
             }
+            Err(_) if self.access.names_anonymous() => {
+                // Decided once the request is known: anonymous clients may do what the rules
+                // name them for, and are asked to log in for anything else.
+                return Ok(Some(ANONYMOUS.to_owned()));
+            }
             Err(_) => {
                 metrics::AUTH.with_label_values(&["missing"]).inc();
                 let msg = "authentication required";
@@ -389,10 +400,11 @@ impl Edge {
         message: &str,
         retry_after: Option<Duration>,
     ) -> Result<Option<String>> {
+        let basic = format!("Basic realm=\"{}\"", self.realm);
         let (code, challenge) = if status == 401 {
-            ("UNAUTHORIZED", true)
+            ("UNAUTHORIZED", Some(basic.as_str()))
         } else {
-            ("TOOMANYREQUESTS", false)
+            ("TOOMANYREQUESTS", None)
         };
         self.respond(session, ctx, status, code, message, challenge, retry_after)
             .await?;
@@ -419,28 +431,94 @@ impl Edge {
         let path = session.req_header().uri.path().to_owned();
         ctx.route = metrics::route_class(&path);
         if !is_api(&path) {
+            if let Some(tokens) = &self.tokens {
+                if path == token::TOKEN_PATH || path == token::JWKS_PATH {
+                    self.serve_token(tokens, session, ctx).await?;
+                    return Ok(true);
+                }
+            }
             // The web UI (or the API's 404 when it is off).
             self.serve_ui(session, ctx).await?;
             return Ok(true);
         }
-        let Some(user) = self.authenticate(session, ctx).await? else {
-            return Ok(true);
+        // Who asks: a token's subject (token mode), or a Basic user; `anonymous` without
+        // credentials in Basic mode when some rule names anonymous clients.
+        let claims = match &self.tokens {
+            Some(tokens) => match self.bearer(tokens, session) {
+                token::Bearer::Valid(c) => Some(c),
+                token::Bearer::Missing => {
+                    let scope = self.scope_of_request(session);
+                    let msg = "authentication required";
+                    self.challenge_bearer(tokens, session, ctx, &scope, None, msg)
+                        .await?;
+                    return Ok(true);
+                }
+                token::Bearer::Invalid(e) => {
+                    let scope = self.scope_of_request(session);
+                    let error = Some("invalid_token");
+                    self.challenge_bearer(tokens, session, ctx, &scope, error, e.message())
+                        .await?;
+                    return Ok(true);
+                }
+            },
+            None => None,
+        };
+        let user = match &claims {
+            Some(c) => c.user().to_owned(),
+            None => match self.authenticate(session, ctx).await? {
+                Some(u) => u,
+                None => return Ok(true),
+            },
         };
         ctx.user = Some(user.clone());
+        let anonymous_basic = claims.is_none() && user == ANONYMOUS;
         let req = session.req_header();
         let api = match request::parse(&req.method, &path, req.uri.query()) {
             Ok(api) => api,
+            Err(_) if anonymous_basic => {
+                metrics::AUTH.with_label_values(&["missing"]).inc();
+                let msg = "authentication required";
+                self.refuse(session, ctx, 401, msg, None).await?;
+                return Ok(true);
+            }
             Err(r) => {
-                self.respond(session, ctx, r.status, r.code, &r.message, false, None)
+                self.respond(session, ctx, r.status, r.code, &r.message, None, None)
                     .await?;
                 return Ok(true);
             }
         };
         let need = access::required(&req.method, &api.route, api.param("from"));
-        if let Some((repo, action)) = need
+        let denied = need
             .iter()
-            .find(|(repo, action)| !self.access.allows(&user, repo, *action))
-        {
+            .find(|(repo, action)| !self.access.allows(&user, repo, *action));
+        if anonymous_basic && (need.is_empty() || denied.is_some()) {
+            // Not something anonymous clients may do: the login challenge, as before.
+            metrics::AUTH.with_label_values(&["missing"]).inc();
+            let msg = "authentication required";
+            self.refuse(session, ctx, 401, msg, None).await?;
+            return Ok(true);
+        }
+        if let (Some(tokens), Some(c)) = (&self.tokens, &claims) {
+            let scope = token::scope_of(&api.route, &need);
+            let catalog_refused = api.route == Route::Catalog && !self.access.may_list(&user);
+            if (denied.is_some() || catalog_refused) && user == ANONYMOUS {
+                // Anonymous clients are asked to log in rather than told no.
+                let msg = "authentication required";
+                let error = Some("insufficient_scope");
+                self.challenge_bearer(tokens, session, ctx, &scope, error, msg)
+                    .await?;
+                return Ok(true);
+            }
+            if denied.is_none() && !catalog_refused && !Self::token_covers(c, &api.route, &need) {
+                // Allowed, but not by this token: the client asks for one that covers it.
+                let msg = "the token does not grant this request";
+                let error = Some("insufficient_scope");
+                self.challenge_bearer(tokens, session, ctx, &scope, error, msg)
+                    .await?;
+                return Ok(true);
+            }
+        }
+        if let Some((repo, action)) = denied {
             let what = match action {
                 Action::Pull => "pull from",
                 Action::Push => "push to",
@@ -448,7 +526,7 @@ impl Edge {
             };
             let msg =
                 format!("requested access to the resource is denied: {user} may not {what} {repo}");
-            self.respond(session, ctx, 403, "DENIED", &msg, false, None)
+            self.respond(session, ctx, 403, "DENIED", &msg, None, None)
                 .await?;
             return Ok(true);
         }
@@ -459,6 +537,18 @@ impl Edge {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// The scope a request needs, for a challenge; empty when it does not parse.
+    fn scope_of_request(&self, session: &Session) -> String {
+        let req = session.req_header();
+        match request::parse(&req.method, req.uri.path(), req.uri.query()) {
+            Ok(api) => {
+                let need = access::required(&req.method, &api.route, api.param("from"));
+                token::scope_of(&api.route, &need)
+            }
+            Err(_) => String::new(),
+        }
     }
 
     /// The upstream for this attempt: the pool's choice (an upload's requests by its id),
@@ -671,7 +761,7 @@ impl ProxyHttp for Edge {
                 _ => "UNKNOWN",
             };
             if let Err(we) = self
-                .respond(session, ctx, code, errcode, message, false, None)
+                .respond(session, ctx, code, errcode, message, None, None)
                 .await
             {
                 tracing::debug!(error = %we, "could not send the error answer");

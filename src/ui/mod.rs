@@ -174,7 +174,7 @@ impl Page<'_> {
 }
 
 /// `key=value&...` pairs, bounded in number and length.
-fn fields(raw: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn fields(raw: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(raw)
         .take(MAX_FIELDS)
         .filter(|(k, v)| k.len() <= 64 && v.len() <= MAX_FIELD)
@@ -183,7 +183,7 @@ fn fields(raw: &[u8]) -> Vec<(String, String)> {
 }
 
 /// A host name fit to print in a pull command (`registry.example:5000`, `[::1]:5000`).
-fn printable_host(h: &str) -> bool {
+pub(crate) fn printable_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 255
         && h.bytes()
@@ -196,7 +196,7 @@ impl Edge {
         let Some(ui) = &self.ui else {
             let msg = "only /v2/ is served here";
             return self
-                .respond(session, ctx, 404, "NOT_FOUND", msg, false, None)
+                .respond(session, ctx, 404, "NOT_FOUND", msg, None, None)
                 .await;
         };
         ctx.route = "ui";
@@ -302,7 +302,7 @@ impl Edge {
     }
 
     /// Reads a URL-encoded form body, bounded; the status to answer when it is not one.
-    async fn read_form(
+    pub(crate) async fn read_form(
         &self,
         session: &mut Session,
         content_type: &str,

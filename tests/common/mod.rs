@@ -93,6 +93,11 @@ impl Edge {
         if opts.plain {
             cmd.env("REGISTRY_EDGE_TLS_ENABLED", "false");
         }
+        // `EDGE_TESTS_AUTH_MODE=token` runs a suite's edges in token mode (tests/run
+        // runs the real-client suite both ways); a test that sets the mode itself keeps it.
+        if let Ok(mode) = std::env::var("EDGE_TESTS_AUTH_MODE") {
+            cmd.env("REGISTRY_EDGE_AUTH_MODE", mode);
+        }
         // In S3 mode (`REGCORE_TEST_STORAGE=s3`) the embedded registry stores in SeaweedFS,
         // configured as a registry:2 compose file would (REGISTRY_STORAGE_S3_*).
         let upstream = opts
@@ -314,6 +319,89 @@ pub fn cli_in(dir: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
     )
 }
 
+/// Whether the Docker engine answers. Without it the Docker tests skip, saying so, unless
+/// `REGISTRY_TESTS_REQUIRE_DOCKER=1`.
+pub fn docker_engine() -> bool {
+    let up = Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !up {
+        if std::env::var("REGISTRY_TESTS_REQUIRE_DOCKER").as_deref() == Ok("1") {
+            panic!("docker info does not answer");
+        }
+        eprintln!("SKIPPED: docker info does not answer, so the Docker engine test does not run");
+    }
+    up
+}
+
+/// The edge's CA where the Docker engine looks for it (`/etc/docker/certs.d/<host:port>/`),
+/// removed on drop with the local images named. (dockerd treats 127.0.0.0/8 as an insecure
+/// registry by default, so on loopback this proves TLS is spoken, not that it is verified; the
+/// skopeo and podman tests verify it.)
+pub struct DockerTrust {
+    dir: PathBuf,
+    images: Vec<String>,
+}
+
+impl DockerTrust {
+    pub fn new(edge: &Edge, images: &[&str]) -> DockerTrust {
+        let dir = Path::new("/etc/docker/certs.d").join(&edge.addr);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.crt"), edge.ca_pem()).unwrap();
+        DockerTrust {
+            dir,
+            images: images.iter().map(|i| i.to_string()).collect(),
+        }
+    }
+}
+
+impl Drop for DockerTrust {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        for i in &self.images {
+            let _ = Command::new("docker").args(["rmi", "-f", i]).output();
+        }
+    }
+}
+
+/// Whether the edges of this run are in token mode (`EDGE_TESTS_AUTH_MODE=token`).
+pub fn token_mode() -> bool {
+    std::env::var("EDGE_TESTS_AUTH_MODE").as_deref() == Ok("token")
+}
+
+/// A token from the edge's `/token` for `scopes`, with Basic credentials or (`None`) none.
+pub async fn fetch_token(
+    edge: &Edge,
+    creds: Option<(&str, &str)>,
+    scopes: &[&str],
+) -> serde_json::Value {
+    let mut url = format!("{}/token?service=registry-edge", edge.url());
+    for s in scopes {
+        url.push_str("&scope=");
+        url.push_str(&s.replace(' ', "%20"));
+    }
+    let mut req = edge.client(false).get(url);
+    if let Some((u, p)) = creds {
+        req = req.header("authorization", basic(u, p));
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200, "token: {:?}", r.text().await);
+    r.json().await.unwrap()
+}
+
+/// The `Authorization` value that lets the edge's user do `scopes`: Basic credentials, or in
+/// token mode a Bearer token fetched with them.
+pub async fn authorization(edge: &Edge, scopes: &[&str]) -> String {
+    if token_mode() {
+        let t = fetch_token(edge, Some((&edge.user, &edge.password)), scopes).await;
+        format!("Bearer {}", t["token"].as_str().unwrap())
+    } else {
+        basic(&edge.user, &edge.password)
+    }
+}
+
 /// The `Basic` header value for a user and password.
 pub fn basic(user: &str, password: &str) -> String {
     use base64::Engine as _;
@@ -328,21 +416,47 @@ pub fn assert_same_blobs(a: &Path, b: &Path) {
 }
 
 pub async fn add_user(edge: &Edge, user: &str, password: &str) {
+    // Waiting for the reload rather than trying the password, so no failed login is counted
+    // against the test's address before the file is read again.
+    let reloads = async || {
+        let text = reqwest::get(format!("http://{}/metrics", edge.metrics_addr))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        sample(
+            &text,
+            "regedge_reloads_total{file=\"htpasswd\",result=\"ok\"}",
+        )
+    };
+    let before = reloads().await;
     let (code, _, err) = edge.cli(
         &["passwd", user, "--password-stdin", "--cost", "5"],
         &format!("{password}\n"),
     );
     assert_eq!(code, 0, "{err}");
+    if let Some(before) = before {
+        eventually(10, "the edge reloads htpasswd", async || {
+            reloads().await.is_some_and(|n| n > before)
+        })
+        .await;
+    }
     let c = edge.client(false);
-    let url = format!("{}/v2/", edge.url());
-    eventually(10, "the edge reloads htpasswd", async || {
-        c.get(&url)
-            .header("authorization", basic(user, password))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
+    eventually(10, "the new password works", async || {
+        // Basic mode lets the user in at /v2/; token mode hands them a token.
+        for path in ["/v2/", "/token?service=registry-edge"] {
+            let r = c
+                .get(format!("{}{path}", edge.url()))
+                .header("authorization", basic(user, password))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                return true;
+            }
+        }
+        false
     })
     .await;
 }

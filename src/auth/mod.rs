@@ -8,6 +8,8 @@
 //! bcrypt runs on a pool of its own threads with a bounded queue, so a burst of guesses cannot
 //! take the CPU from requests whose credentials are cached.
 
+pub mod token;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -69,6 +71,11 @@ impl Htpasswd {
                 .ok_or_else(|| err("expected user:hash".into()))?;
             if user.is_empty() {
                 return Err(err("empty user name".into()));
+            }
+            if user == crate::access::ANONYMOUS {
+                return Err(err(format!(
+                    "the user name {user:?} is reserved for clients that do not log in; rename the user"
+                )));
             }
             let kind = hash.get(..4).unwrap_or(hash);
             if !matches!(kind, "$2y$" | "$2b$" | "$2a$") {
