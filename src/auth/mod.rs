@@ -460,6 +460,7 @@ mod tests {
             ("nocolon", "user:hash"),
             ("bob:$2y$10$short", "malformed"),
             ("# only a comment\n", "no users"),
+            ("anonymous:$2y$05$abc", "reserved"),
         ] {
             let e = Htpasswd::parse(text, p).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");

@@ -15,6 +15,47 @@ mod parsing {
     }
 
     #[test]
+    fn token_mode_settings() {
+        assert!(load("", &[]).unwrap().token.is_none(), "basic by default");
+        let t = load("[auth]\nhtpasswd = \"conf/users\"\nmode = \"token\"\n", &[])
+            .unwrap()
+            .token
+            .unwrap();
+        assert_eq!(
+            t.key,
+            Path::new("conf/token.key"),
+            "beside the htpasswd file"
+        );
+        assert_eq!(t.ttl, Duration::from_secs(300));
+        assert_eq!((t.service.as_str(), t.realm), ("registry-edge", None));
+        let t = load(
+            "[auth]\nmode = \"token\"\ntoken_realm = \"https://r.example/token\"\nservice = \"r.example\"\n",
+            &[("REGISTRY_EDGE_AUTH_TOKEN_TTL", "15m")],
+        )
+        .unwrap()
+        .token
+        .unwrap();
+        assert_eq!(t.realm.as_deref(), Some("https://r.example/token"));
+        assert_eq!(t.ttl, Duration::from_secs(900));
+        for (text, key) in [
+            ("mode = \"jwt\"", "auth.mode"),
+            ("mode = \"token\"\ntoken_ttl = \"30s\"", "auth.token_ttl"),
+            ("mode = \"token\"\nrefresh_ttl = \"1m\"", "auth.refresh_ttl"),
+            ("mode = \"token\"\nissuer = \"a b\"", "auth.issuer"),
+            (
+                "mode = \"token\"\ntoken_realm = \"/token\"",
+                "auth.token_realm",
+            ),
+            ("first_user = \"anonymous\"", "auth.first_user"),
+        ] {
+            let e = load(&format!("[auth]\n{text}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn several_upstreams_need_the_shared_secret() {
         let urls = ("REGISTRY_EDGE_UPSTREAM_URLS", "http://a:5001,http://b:5001");
         let e = load("", &[urls]).unwrap_err().to_string();
