@@ -545,7 +545,23 @@ impl<A> Guard<A> {
             }
         }
         match acceptor.tls_handshake(Guarded::raw(stream)).await {
-            Ok(tls) => Some(Box::new(tls)),
+            Ok(tls) => {
+                use pingora::protocols::Ssl as _;
+                let version = tls
+                    .get_ssl_digest()
+                    .map_or_else(|| "unknown".to_owned(), |d| d.version.to_string());
+                metrics::TLS_HANDSHAKES
+                    .with_label_values(&["ok", &version])
+                    .inc();
+                if let Some(ALPN::Custom(p)) = tls.selected_alpn_proto() {
+                    if p.protocol() == crate::tls::acme::ACME_TLS_ALPN {
+                        // A CA validating tls-alpn-01: the handshake was the whole answer
+                        // (RFC 8737 3); nothing follows.
+                        return None;
+                    }
+                }
+                Some(Box::new(tls))
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
                 metrics::CONNECTIONS_REFUSED

@@ -4,9 +4,10 @@
 //! How the modules fit:
 //!
 //! - [`config`]: `proxy.toml` + `REGISTRY_EDGE_*` overrides into a validated [`config::Config`].
-//! - [`tls`]: certificate loading and validation, the swappable certificate resolver, and the
-//!   certificate of the one-command start, signed by a CA of the edge's own (`ca.crt`, kept with
-//!   its key so that renewed certificates stay trusted).
+//! - [`tls`]: certificate loading and validation, the swappable certificate resolver, the
+//!   HTTPS acceptor, the certificate of the one-command start, signed by a CA of the edge's own
+//!   (`ca.crt`, kept with its key so that renewed certificates stay trusted), and
+//!   [`tls::acme`]: certificates from an ACME CA (orders, challenges, renewal, port 80).
 //! - [`client`]: who the client is behind trusted proxies (`X-Forwarded-For`, PROXY protocol).
 //! - [`conn`]: client connections before HTTP: the per-address cap, the TLS handshake under a
 //!   deadline (a readable 400 for plain HTTP), and the deadline on each request's header block.
@@ -57,7 +58,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -126,6 +126,8 @@ pub struct Prepared {
     pub secret: Option<Arc<secret::Secret>>,
     /// The token service, in token mode.
     pub tokens: Option<Arc<auth::token::Tokens>>,
+    /// With `[tls.acme]`: the challenges answered, and the cached certificate's validity.
+    pub acme: Option<(Arc<tls::acme::Challenges>, Option<tls::acme::Validity>)>,
 }
 
 /// The certificate files of `config`.
@@ -145,7 +147,14 @@ pub fn wanted_names(config: &Config) -> tls::self_signed::Wanted {
 /// Loads the certificate (making it for the one-command start, or re-issuing our own when it no
 /// longer covers the configured names) and the htpasswd file (creating it with a first user).
 pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
-    let certs = if config.tls {
+    let mut acme = None;
+    let certs = if let (true, Some(settings)) = (config.tls, &config.acme) {
+        // The CA's certificate (cached) or a temporary one until it comes; never the files.
+        let challenges = Arc::new(tls::acme::Challenges::default());
+        let (key, issued) = tls::acme::initial(settings)?;
+        acme = Some((challenges.clone(), issued));
+        Some(Arc::new(CertStore::with_challenges(key, challenges)))
+    } else if config.tls {
         tls::upkeep(
             &cert_files(config),
             &wanted_names(config),
@@ -194,6 +203,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         auth: Arc::new(Authenticator::new(users)),
         secret,
         tokens,
+        acme,
     })
 }
 
@@ -457,16 +467,12 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
         .initial_connection_window_size(16 * 1024 * 1024)
         .max_frame_size(1024 * 1024);
     proxy.h2_options = Some(h2);
+    let acme_alpn = config
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == tls::acme::Challenge::TlsAlpn01);
     let acceptor = match &prepared.certs {
-        Some(certs) => {
-            let mut tls_settings = TlsSettings::with_callbacks(Box::new(tls::HandshakeMetrics))
-                .expect("TlsSettings::with_callbacks only stores the callbacks");
-            tls_settings.set_cert_resolver(certs.clone());
-            if config.http2 {
-                tls_settings.enable_h2();
-            }
-            Some(tls_settings.build())
-        }
+        Some(certs) => Some(tls::acceptor(certs.clone(), config.http2, acme_alpn)),
         None => {
             let loopback = config
                 .listen
@@ -495,9 +501,39 @@ pub fn run(config: Config, args: RunArgs, upgrade: bool) -> Result<(), StartErro
     let mut service = Service::new("registry-edge".to_owned(), guard);
     service.add_tcp(&config.listen);
     let proxy_handle = server.add_service(service);
+    let acme_force = match (&config.acme, &prepared.acme, &prepared.certs) {
+        (Some(settings), Some((challenges, issued)), Some(certs)) => {
+            if let Some(addr) = &settings.http_listen {
+                let https_port = config
+                    .listen
+                    .parse::<std::net::SocketAddr>()
+                    .map_or(443, |a| a.port());
+                let http = tls::acme::HttpService::bind(addr, challenges.clone(), https_port)
+                    .map_err(listen_err(addr))?;
+                server.add_service(background_service("acme-http", http));
+            }
+            let force = Arc::new(tokio::sync::Notify::new());
+            let manager = tls::acme::Manager::new(
+                settings.clone(),
+                certs.clone(),
+                challenges.clone(),
+                *issued,
+                force.clone(),
+            );
+            server.add_service(background_service("acme", manager));
+            Some(force)
+        }
+        _ => None,
+    };
+    // With ACME the certificate is the CA's, not the files': only the htpasswd is watched.
+    let watched_certs = if acme_force.is_some() {
+        None
+    } else {
+        prepared.certs.clone()
+    };
     server.add_service(background_service(
         "reloader",
-        reload::Reloader::new(&config, prepared.certs.clone(), prepared.auth.clone()),
+        reload::Reloader::new(&config, watched_certs, prepared.auth.clone(), acme_force),
     ));
     let ready = server.add_service(background_service(
         "ready",

@@ -392,6 +392,21 @@ fn check(path: &Path, config: &Config) -> ExitCode {
             "TLS is off ([tls] enabled = false): plain HTTP, for use behind a TLS terminator"
                 .to_owned(),
         ),
+        _ if config.acme.is_some() => {
+            let a = config.acme.as_ref().expect("checked");
+            notes.push(format!(
+                "certificates from the ACME CA {} for {} by {:?}, kept in {}",
+                a.directory_url,
+                a.domains.join(", "),
+                a.challenge,
+                a.cache.display()
+            ));
+            for root in &a.ca_roots {
+                if let Err(e) = std::fs::read(root) {
+                    problems.push(format!("tls.acme.ca_roots: {}: {e}", root.display()));
+                }
+            }
+        }
         (false, false) if config.self_signed => notes.push(format!(
             "{} and {} do not exist: a self-signed certificate will be generated at start",
             config.cert.display(),

@@ -52,6 +52,20 @@ metric!(AUTH_CACHE: IntCounterVec = register_int_counter_vec!(
     "Credential cache lookups for well-formed credentials: hit or miss (a miss runs bcrypt).",
     &["result"]
 ));
+metric!(ACME_ORDERS: IntCounterVec = register_int_counter_vec!(
+    "regedge_acme_orders_total",
+    "ACME certificate orders, by result: ok, failed (retried with a doubling delay).",
+    &["result"]
+));
+metric!(ACME_NEXT: IntGauge = register_int_gauge!(
+    "regedge_acme_next_attempt_timestamp_seconds",
+    "When the next ACME order is due (renewal at two thirds of the lifetime, or the next retry)."
+));
+metric!(ACME_CHALLENGES: IntCounterVec = register_int_counter_vec!(
+    "regedge_acme_challenge_requests_total",
+    "ACME validation requests received, by challenge (tls-alpn-01, http-01) and result (answered, unknown).",
+    &["challenge", "result"]
+));
 metric!(TOKENS_ISSUED: IntCounterVec = register_int_counter_vec!(
     "regedge_tokens_issued_total",
     "Tokens handed out by /token (token mode), by kind: anonymous, get (Basic credentials), password and refresh_token (OAuth2 grants), refresh (a refresh token).",

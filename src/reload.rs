@@ -5,7 +5,8 @@
 //! The certificate's upkeep runs here too (see [`crate::tls::self_signed`]): hourly and on SIGHUP
 //! the edge makes sure its own certificate covers the wanted names and is not about to expire,
 //! and re-issues it under the same CA when not. SIGHUP reads the config file again for
-//! `[tls] hosts`; other settings take effect at the next start.
+//! `[tls] hosts`; other settings take effect at the next start. With `[tls.acme]` the
+//! certificate is not read from files: SIGHUP asks [`crate::tls::acme`] for a renewal instead.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct Reloader {
     /// `None` when TLS is off: only the htpasswd file is watched.
     certs: Option<Arc<CertStore>>,
     auth: Arc<Authenticator>,
+    /// With ACME: SIGHUP asks for a renewal.
+    acme_force: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Reloader {
@@ -52,6 +55,7 @@ impl Reloader {
         config: &Config,
         certs: Option<Arc<CertStore>>,
         auth: Arc<Authenticator>,
+        acme_force: Option<Arc<tokio::sync::Notify>>,
     ) -> Reloader {
         Reloader {
             files: crate::cert_files(config),
@@ -62,6 +66,7 @@ impl Reloader {
             htpasswd: config.htpasswd.clone(),
             certs,
             auth,
+            acme_force,
         }
     }
 
@@ -165,6 +170,9 @@ impl BackgroundService for Reloader {
             };
             if forced {
                 self.reread_hosts();
+                if let Some(f) = &self.acme_force {
+                    f.notify_one();
+                }
             }
             let mut cert_changed = forced;
             if forced || last_upkeep.elapsed() >= UPKEEP_INTERVAL {

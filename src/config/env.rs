@@ -49,7 +49,40 @@ fn yaml_list(raw: &str) -> toml::Value {
 const REGISTRY_HEADERS: &str = "REGISTRY_HTTP_HEADERS_";
 
 /// Keys whose environment value may be a comma-separated list.
-const LIST_KEYS: &[(&str, &str)] = &[("tls", "hosts"), ("upstream", "urls")];
+const LIST_KEYS: &[(&str, &str)] = &[
+    ("tls", "hosts"),
+    ("upstream", "urls"),
+    ("tls", "acme_domains"),
+    ("tls", "acme_ca_roots"),
+];
+
+/// registry:2's Let's Encrypt settings, as keys of `[tls.acme]`.
+const REGISTRY_LETSENCRYPT: &[(&str, &str)] = &[
+    ("REGISTRY_HTTP_TLS_LETSENCRYPT_CACHEFILE", "cache"),
+    ("REGISTRY_HTTP_TLS_LETSENCRYPT_EMAIL", "email"),
+    ("REGISTRY_HTTP_TLS_LETSENCRYPT_HOSTS", "domains"),
+];
+
+/// Sets `table[section][key]`, or `table.tls.acme[key]` for the `acme_` keys of `tls`.
+fn set_key(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let entry = table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let (entry, key) = match (section, key.strip_prefix("acme_")) {
+        ("tls", Some(sub)) => match entry {
+            toml::Value::Table(t) => (
+                t.entry("acme")
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+                sub,
+            ),
+            other => (other, key),
+        },
+        _ => (entry, key),
+    };
+    if let toml::Value::Table(t) = entry {
+        t.insert(key.to_owned(), value);
+    }
+}
 
 /// Parses an environment value as a TOML value (`true`, `3`, `["a"]`), else takes it as a string.
 fn env_value(raw: &str) -> toml::Value {
@@ -77,6 +110,7 @@ pub(super) fn apply(
             .map(|(n, _)| *n),
     );
     honoured.push(registry_core::config::REGISTRY_REDIRECT_DISABLE);
+    honoured.extend(REGISTRY_LETSENCRYPT.iter().map(|(n, _)| *n));
     let mut ignored_env = Vec::new();
     let pairs = env
         .iter()
@@ -137,6 +171,34 @@ pub(super) fn apply(
         }
         overridden.push((*name).to_owned());
     }
+    // registry:2's Let's Encrypt settings. Its cache is one file; ours is a directory: the
+    // file's directory.
+    for (name, key) in REGISTRY_LETSENCRYPT {
+        let Some((_, raw)) = env.iter().find(|(k, _)| k == name) else {
+            continue;
+        };
+        let value = match *key {
+            "domains" => match yaml_list(raw) {
+                toml::Value::String(s) => toml::Value::Array(
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(|p| toml::Value::String(p.to_owned()))
+                        .collect(),
+                ),
+                list => list,
+            },
+            "cache" => toml::Value::String(
+                std::path::Path::new(raw)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or(".".to_owned(), |p| p.display().to_string()),
+            ),
+            _ => toml::Value::String(raw.clone()),
+        };
+        set_key(table, "tls", &format!("acme_{key}"), value);
+        overridden.push((*name).to_owned());
+    }
     // registry:2's S3 variables set keys of `[storage.s3]`, mapped as registry-core maps them.
     for (name, raw) in &env {
         let Some((key, value)) = registry_core::config::registry_s3_setting(name, raw) else {
@@ -170,9 +232,6 @@ pub(super) fn apply(
                 message: format!("unknown section; sections are {}", SECTIONS.join(", ")),
             });
         };
-        let entry = table
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let mut value = env_value(&raw);
         // Lists also come comma-separated (`REGISTRY_EDGE_TLS_HOSTS=a.example,10.0.0.5`),
         // the form compose files and shells pass most easily.
@@ -187,9 +246,7 @@ pub(super) fn apply(
                 );
             }
         }
-        if let toml::Value::Table(t) = entry {
-            t.insert(key.to_owned(), value);
-        }
+        set_key(table, section, key, value);
         overridden.push(name);
     }
     Ok((overridden, ignored_env))

@@ -166,6 +166,34 @@ struct TlsSection {
     ca: PathBuf,
     self_signed: bool,
     hosts: Vec<String>,
+    /// Certificates from an ACME CA (Let's Encrypt and compatible).
+    acme: Option<AcmeSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AcmeSection {
+    domains: Vec<String>,
+    email: String,
+    directory_url: String,
+    ca_roots: Vec<PathBuf>,
+    challenge: String,
+    http_listen: String,
+    cache: PathBuf,
+}
+
+impl Default for AcmeSection {
+    fn default() -> Self {
+        AcmeSection {
+            domains: Vec::new(),
+            email: String::new(),
+            directory_url: crate::tls::acme::LETS_ENCRYPT.into(),
+            ca_roots: Vec::new(),
+            challenge: "tls-alpn-01".into(),
+            http_listen: String::new(),
+            cache: "acme".into(),
+        }
+    }
 }
 
 impl Default for TlsSection {
@@ -177,6 +205,7 @@ impl Default for TlsSection {
             ca: "certs/ca.crt".into(),
             self_signed: true,
             hosts: Vec::new(),
+            acme: None,
         }
     }
 }
@@ -336,6 +365,8 @@ pub struct Config {
     pub self_signed: bool,
     /// Extra SANs (DNS names and IP addresses) for a generated certificate.
     pub hosts: Vec<String>,
+    /// Certificates from an ACME CA (`[tls.acme]`), instead of files.
+    pub acme: Option<crate::tls::acme::Settings>,
     pub htpasswd: PathBuf,
     pub realm: String,
     /// When no htpasswd file exists, create it with this user and a random password.
@@ -555,6 +586,16 @@ impl Config {
                 ));
             }
         }
+        let acme = match &f.tls.acme {
+            None => None,
+            Some(_) if !f.tls.enabled => {
+                return Err(bad(
+                    "tls.acme",
+                    "needs TLS on ([tls] enabled = true)".into(),
+                ))
+            }
+            Some(a) => Some(acme_settings(a, &bad)?),
+        };
         let metrics_listen = match f.metrics.listen.as_str() {
             "" => None,
             a if a.parse::<std::net::SocketAddr>().is_ok() => Some(a.to_owned()),
@@ -772,6 +813,7 @@ impl Config {
             key: f.tls.key,
             ca: f.tls.ca,
             self_signed: f.tls.self_signed,
+            acme,
             hosts: f.tls.hosts,
             htpasswd: f.auth.htpasswd,
             realm: f.auth.realm,
@@ -794,6 +836,99 @@ impl Config {
             source: (PathBuf::new(), true),
         })
     }
+}
+
+/// `[tls.acme]` validated.
+fn acme_settings(
+    a: &AcmeSection,
+    bad: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<crate::tls::acme::Settings, ConfigError> {
+    use crate::tls::acme::{Challenge, Settings};
+    if a.domains.is_empty() {
+        return Err(bad(
+            "tls.acme.domains",
+            "name at least one domain, e.g. [\"registry.example.com\"]".into(),
+        ));
+    }
+    let mut domains = Vec::new();
+    for d in &a.domains {
+        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        // An IP address is not a name (its last label would be all digits).
+        let numeric_tld = d
+            .rsplit('.')
+            .next()
+            .is_some_and(|t| t.bytes().all(|b| b.is_ascii_digit()));
+        if d.len() > 253 || !d.contains('.') || numeric_tld || !d.split('.').all(label_ok) {
+            return Err(bad(
+                "tls.acme.domains",
+                format!("{d:?} is not a DNS name an ACME CA can validate (no IP addresses, no wildcards)"),
+            ));
+        }
+        if !domains.contains(&d) {
+            domains.push(d);
+        }
+    }
+    let email = a.email.trim().to_owned();
+    if !email.is_empty()
+        && (!email.contains('@') || email.contains(char::is_whitespace) || email.len() > 254)
+    {
+        return Err(bad(
+            "tls.acme.email",
+            format!("{email:?} is not an e-mail address"),
+        ));
+    }
+    let url = a.directory_url.trim();
+    if !url.starts_with("https://") || url.contains(char::is_whitespace) {
+        return Err(bad(
+            "tls.acme.directory_url",
+            format!("{url:?}: an ACME directory is an https:// URL"),
+        ));
+    }
+    let challenge = match a.challenge.as_str() {
+        "tls-alpn-01" => Challenge::TlsAlpn01,
+        "http-01" => Challenge::Http01,
+        other => {
+            return Err(bad(
+                "tls.acme.challenge",
+                format!("{other:?}: must be \"tls-alpn-01\" or \"http-01\""),
+            ))
+        }
+    };
+    let http_listen = match a.http_listen.as_str() {
+        "" => None,
+        l if l.parse::<std::net::SocketAddr>().is_ok() => Some(l.to_owned()),
+        l => {
+            return Err(bad(
+                "tls.acme.http_listen",
+                format!("{l:?} is not an address like \"0.0.0.0:80\""),
+            ))
+        }
+    };
+    if challenge == Challenge::Http01 && http_listen.is_none() {
+        return Err(bad(
+            "tls.acme.http_listen",
+            "http-01 needs the port-80 listener, e.g. http_listen = \"0.0.0.0:80\"".into(),
+        ));
+    }
+    if a.cache.as_os_str().is_empty() {
+        return Err(bad("tls.acme.cache", "must name a directory".into()));
+    }
+    Ok(Settings {
+        domains,
+        email,
+        directory_url: url.to_owned(),
+        ca_roots: a.ca_roots.clone(),
+        challenge,
+        http_listen,
+        cache: a.cache.clone(),
+    })
 }
 
 /// Token mode's settings from `[auth]`.

@@ -15,6 +15,90 @@ mod parsing {
     }
 
     #[test]
+    fn acme_settings() {
+        use crate::tls::acme::Challenge;
+        assert!(load("", &[]).unwrap().acme.is_none());
+        let a = load(
+            "[tls.acme]\ndomains = [\"Registry.Example.com.\"]\nemail = \"ops@example.com\"\n",
+            &[],
+        )
+        .unwrap()
+        .acme
+        .unwrap();
+        assert_eq!(a.domains, vec!["registry.example.com"]);
+        assert_eq!(a.directory_url, crate::tls::acme::LETS_ENCRYPT);
+        assert_eq!(a.challenge, Challenge::TlsAlpn01);
+        assert_eq!(a.cache, Path::new("acme"));
+        // The environment, ours and registry:2's.
+        let a = load(
+            "",
+            &[
+                ("REGISTRY_EDGE_TLS_ACME_DOMAINS", "a.example,b.example"),
+                ("REGISTRY_EDGE_TLS_ACME_CHALLENGE", "http-01"),
+                ("REGISTRY_EDGE_TLS_ACME_HTTP_LISTEN", "0.0.0.0:80"),
+            ],
+        )
+        .unwrap()
+        .acme
+        .unwrap();
+        assert_eq!(a.domains, vec!["a.example", "b.example"]);
+        assert_eq!(a.challenge, Challenge::Http01);
+        assert_eq!(a.http_listen.as_deref(), Some("0.0.0.0:80"));
+        let a = load(
+            "",
+            &[
+                (
+                    "REGISTRY_HTTP_TLS_LETSENCRYPT_CACHEFILE",
+                    "/var/lib/le/cache.json",
+                ),
+                ("REGISTRY_HTTP_TLS_LETSENCRYPT_EMAIL", "ops@example.com"),
+                ("REGISTRY_HTTP_TLS_LETSENCRYPT_HOSTS", "[r.example.com]"),
+            ],
+        )
+        .unwrap()
+        .acme
+        .unwrap();
+        assert_eq!(a.domains, vec!["r.example.com"]);
+        assert_eq!(a.email, "ops@example.com");
+        assert_eq!(a.cache, Path::new("/var/lib/le"));
+        for (text, key) in [
+            ("domains = []", "tls.acme.domains"),
+            ("domains = [\"*.example.com\"]", "tls.acme.domains"),
+            ("domains = [\"10.0.0.1\"]", "tls.acme.domains"),
+            ("domains = [\"localhost\"]", "tls.acme.domains"),
+            (
+                "domains = [\"a.example\"]\nemail = \"nope\"",
+                "tls.acme.email",
+            ),
+            (
+                "domains = [\"a.example\"]\ndirectory_url = \"http://ca/dir\"",
+                "tls.acme.directory_url",
+            ),
+            (
+                "domains = [\"a.example\"]\nchallenge = \"dns-01\"",
+                "tls.acme.challenge",
+            ),
+            (
+                "domains = [\"a.example\"]\nchallenge = \"http-01\"",
+                "tls.acme.http_listen",
+            ),
+            ("domains = [\"a.example\"]\nttl = 1", "ttl"),
+        ] {
+            let e = load(&format!("[tls.acme]\n{text}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = load(
+            "[tls]\nenabled = false\n[tls.acme]\ndomains = [\"a.example\"]\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tls.acme"), "{e}");
+    }
+
+    #[test]
     fn token_mode_settings() {
         assert!(load("", &[]).unwrap().token.is_none(), "basic by default");
         let t = load("[auth]\nhtpasswd = \"conf/users\"\nmode = \"token\"\n", &[])

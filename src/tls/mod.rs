@@ -1,6 +1,7 @@
 //! TLS: certificate and key loading (PEM; RSA, ECDSA or Ed25519; with chain), a certificate
-//! resolver whose key can be swapped while serving. [`self_signed`] makes and renews the
-//! certificate of the one-command start, under a CA of its own.
+//! resolver whose key can be swapped while serving, and the acceptor of the HTTPS port.
+//! [`self_signed`] makes and renews the certificate of the one-command start, under a CA of its
+//! own; [`acme`] gets and renews certificates from an ACME CA.
 //!
 //! Files are validated here, before pingora sees them: pingora's own loader panics inside its
 //! service thread on a bad file.
@@ -13,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+pub mod acme;
 pub mod self_signed;
 
 /// A certificate or key problem, naming the file.
@@ -75,9 +77,11 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
     Ok(ck)
 }
 
-/// Serves one certificate for every name, replaceable while running.
+/// Serves one certificate for every name, replaceable while running; with ACME, the
+/// tls-alpn-01 challenge certificates to handshakes that ask for `acme-tls/1`.
 pub struct CertStore {
     current: RwLock<Arc<CertifiedKey>>,
+    challenges: Option<Arc<acme::Challenges>>,
 }
 
 impl fmt::Debug for CertStore {
@@ -100,6 +104,15 @@ impl CertStore {
         }
         CertStore {
             current: RwLock::new(Arc::new(key)),
+            challenges: None,
+        }
+    }
+
+    /// A store that also answers tls-alpn-01 challenges from `challenges`.
+    pub fn with_challenges(key: CertifiedKey, challenges: Arc<acme::Challenges>) -> CertStore {
+        CertStore {
+            challenges: Some(challenges),
+            ..CertStore::new(key)
         }
     }
 
@@ -118,27 +131,40 @@ impl CertStore {
 }
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         crate::metrics::TLS_HELLOS.inc();
+        if let Some(answer) = self.challenges.as_ref().and_then(|c| c.for_hello(&hello)) {
+            return answer;
+        }
         Some(self.current())
     }
 }
 
-/// Counts completed handshakes by protocol version.
-pub struct HandshakeMetrics;
-
-#[async_trait::async_trait]
-impl pingora::listeners::TlsAccept for HandshakeMetrics {
-    async fn handshake_complete_callback(
-        &self,
-        tls: &pingora::protocols::tls::TlsRef,
-    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let version = tls.version().unwrap_or("unknown");
-        crate::metrics::TLS_HANDSHAKES
-            .with_label_values(&["ok", version])
-            .inc();
-        None
+/// The TLS acceptor of the HTTPS port: TLS 1.2 and 1.3, the certificate from `certs`, ALPN
+/// `h2` (when on) and `http/1.1`, and `acme-tls/1` when tls-alpn-01 challenges are answered.
+/// (Handshakes are counted in [`crate::conn`], where the handshake runs.)
+pub fn acceptor(
+    certs: Arc<CertStore>,
+    http2: bool,
+    acme_alpn: bool,
+) -> pingora::listeners::tls::Acceptor {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .expect("ring supports TLS 1.2 and 1.3")
+    .with_no_client_auth()
+    .with_cert_resolver(certs);
+    let mut alpn = Vec::new();
+    if http2 {
+        alpn.push(b"h2".to_vec());
     }
+    alpn.push(b"http/1.1".to_vec());
+    if acme_alpn {
+        alpn.push(acme::ACME_TLS_ALPN.to_vec());
+    }
+    config.alpn_protocols = alpn;
+    pingora::listeners::tls::Acceptor::from_server_config(Arc::new(config))
 }
 
 /// Runs [`self_signed::ensure`] and says what it did in the log: a certificate made or

@@ -52,6 +52,8 @@ pub struct EdgeOpts {
     pub listen_ip: Option<String>,
     /// Plain HTTP (`[tls] enabled = false`).
     pub plain: bool,
+    /// The port to listen on (default: one reserved here).
+    pub port: Option<u16>,
 }
 
 impl EdgeOpts {
@@ -76,7 +78,7 @@ impl Edge {
 
     /// Starts (or restarts) an edge in `dir`, which keeps its certs, users and data.
     pub fn spawn_in(dir: tempfile::TempDir, opts: EdgeOpts) -> Edge {
-        let port = reserve_port();
+        let port = opts.port.unwrap_or_else(reserve_port);
         let metrics_port = reserve_port();
         let ip = opts.listen_ip.as_deref().unwrap_or("127.0.0.1");
         let addr = format!("{ip}:{port}");
