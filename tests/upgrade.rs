@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{basic, random_bytes, sha256, Edge};
+use common::{random_bytes, sha256, Edge};
 
 /// Starts `registry-edge run --upgrade` for `edge`'s directory and addresses; returns the child
 /// and its log lines.
@@ -24,6 +24,15 @@ fn start_upgrade(edge: &Edge) -> (Child, Arc<Mutex<Vec<String>>>) {
         .env("REGISTRY_EDGE_METRICS_LISTEN", &edge.metrics_addr)
         .env("REGISTRY_EDGE_SERVER_DRAIN_TIMEOUT", "5s")
         .env("REGISTRY_EDGE_AUTH_BCRYPT_COST", "5")
+        // The same auth mode as the edge it replaces (tests/run runs this in token mode too).
+        .env(
+            "REGISTRY_EDGE_AUTH_MODE",
+            if common::token_mode() {
+                "token"
+            } else {
+                "basic"
+            },
+        )
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -65,7 +74,7 @@ impl Drop for Killed {
 async fn binary_upgrade_under_load_loses_no_request() {
     use futures_util::StreamExt;
     let mut edge = Edge::start();
-    let auth = basic(&edge.user, &edge.password);
+    let auth = common::authorization(&edge, &["repository:up/grade:pull,push"]).await;
     let c = edge.client(false);
     // A 64 MiB blob, downloaded slowly across the switch.
     let blob = random_bytes(64 << 20);

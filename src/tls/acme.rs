@@ -479,6 +479,26 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// [`Manager::obtain`], again at once when the CA refused a nonce (RFC 8555 6.5: a client
+    /// retries with the fresh nonce; CAs refuse some on purpose, Pebble 5 %), up to 3 times.
+    async fn obtain_retrying_nonces(&self) -> Result<(), AcmeError> {
+        let mut tries = 0;
+        loop {
+            match self.obtain().await {
+                Err(AcmeError::Acme(instant_acme::Error::Api(p)))
+                    if tries < 3
+                        && p.r#type.as_deref() == Some("urn:ietf:params:acme:error:badNonce") =>
+                {
+                    tries += 1;
+                    tracing::debug!("ACME: the CA refused a nonce; trying again");
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// The delay before the `n`th retry (n ≥ 1): 10 s doubling to an hour, ±10 %.
 fn backoff(n: u32) -> Duration {
     use rand::Rng;
@@ -509,7 +529,7 @@ impl BackgroundService for Manager {
                 }
             }
             let result = tokio::select! {
-                r = tokio::time::timeout(ORDER_TIMEOUT, self.obtain()) => r,
+                r = tokio::time::timeout(ORDER_TIMEOUT, self.obtain_retrying_nonces()) => r,
                 _ = shutdown.changed() => return,
             };
             self.challenges.clear();
