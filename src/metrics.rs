@@ -136,7 +136,7 @@ metric!(CONNECTIONS: IntGauge = register_int_gauge!(
 ));
 metric!(CONNECTIONS_REFUSED: IntCounterVec = register_int_counter_vec!(
     "regedge_connections_refused_total",
-    "Client connections closed by the edge, by reason: per_address (over the per-address cap), handshake_timeout, handshake_failed, plain_http (HTTP on the HTTPS port), header_timeout (a request header not complete in time), draining (arrived while the edge drains to exit).",
+    "Client connections closed by the edge, by reason: per_address (over the per-address cap), handshake_timeout, handshake_failed, plain_http (HTTP on the HTTPS port), header_timeout (a request header not complete in time), draining (arrived while the edge drains to exit), acme_http_full (the ACME port-80 listener at its cap).",
     &["reason"]
 ));
 metric!(CERT_EXPIRY: IntGauge = register_int_gauge!(

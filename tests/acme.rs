@@ -529,6 +529,32 @@ async fn http_01_port_80_and_a_failing_challenge() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
+    // A client holding port-80 connections open gets no more than the cap; the edge serves on.
+    let held: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", http)).unwrap())
+        .collect();
+    eventually(10, "connections over the cap closed", async || {
+        let m = edge.metrics_text().await;
+        sample(
+            &m,
+            "regedge_connections_refused_total{reason=\"acme_http_full\"}",
+        )
+        .unwrap_or(0.0)
+            >= 300.0 - 256.0
+    })
+    .await;
+    drop(held);
+    eventually(10, "port 80 answers again", async || {
+        plain
+            .get(format!(
+                "http://127.0.0.1:{http}/.well-known/acme-challenge/x"
+            ))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 404)
+    })
+    .await;
+
     // The domain pointed elsewhere: the CA cannot validate; the reason is logged, and the
     // certificate in use stays.
     pebble.point_domain_at("127.0.0.2").await;

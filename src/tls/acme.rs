@@ -574,6 +574,10 @@ pub struct HttpService {
     shared: Arc<HttpShared>,
 }
 
+/// Connections the port-80 listener serves at once; more are closed at once. Each is also
+/// bounded in time (10 s for its header, 30 s in all).
+pub const HTTP_MAX_CONNECTIONS: usize = 256;
+
 /// What the port-80 connections share.
 struct HttpShared {
     challenges: Arc<Challenges>,
@@ -672,6 +676,7 @@ impl BackgroundService for HttpService {
                 return;
             }
         };
+        let slots = Arc::new(tokio::sync::Semaphore::new(HTTP_MAX_CONNECTIONS));
         loop {
             let stream = tokio::select! {
                 a = listener.accept() => match a {
@@ -680,8 +685,16 @@ impl BackgroundService for HttpService {
                 },
                 _ = shutdown.changed() => return,
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Full: this one is closed unread.
+                metrics::CONNECTIONS_REFUSED
+                    .with_label_values(&["acme_http_full"])
+                    .inc();
+                continue;
+            };
             let shared = self.shared.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |req| {
                     let answer = shared.answer(&req);
                     async move { Ok::<_, std::convert::Infallible>(answer) }
