@@ -104,15 +104,26 @@ pub async fn serve(
             ($io:expr, $peer:expr) => {{
                 let registry = registry.clone();
                 let peer: Option<std::net::SocketAddr> = $peer;
-                let svc = hyper::service::service_fn(move |req| {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let registry = registry.clone();
-                    let mut req = req.map(|b: hyper::body::Incoming| {
-                        b.map_err(std::io::Error::other).boxed()
+                    let http1 = req.version() <= http::Version::HTTP_11;
+                    let incoming = Arc::new(std::sync::Mutex::new(None));
+                    let mut req = req.map(|b| {
+                        *incoming.lock().expect("body") = Some(b);
+                        SharedBody(incoming.clone())
+                            .map_err(std::io::Error::other)
+                            .boxed()
                     });
                     if let Some(p) = peer {
                         req.extensions_mut().insert(events::Peer(p));
                     }
-                    async move { Ok::<_, Infallible>(handle(&registry, req).await) }
+                    async move {
+                        let response = handle(&registry, req).await;
+                        if http1 {
+                            linger(incoming);
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new($io), svc);
                 let conn = graceful.watch(conn.into_owned());
@@ -143,6 +154,64 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// A request body the handler reads, and `serve` still holds afterwards (see [`linger`]).
+struct SharedBody(Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>);
+
+impl http_body::Body for SharedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut guard = self.0.lock().expect("body");
+        match guard.as_mut() {
+            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0
+            .lock()
+            .expect("body")
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+}
+
+/// How long in all, and between reads, what is left of an HTTP/1 request body is read after
+/// the answer (as nginx's `lingering_time` and `lingering_timeout`).
+const LINGER_TOTAL: std::time::Duration = std::time::Duration::from_secs(30);
+const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards, for a bounded time, what the handler left of an HTTP/1 request body (an
+/// error answered before the body, such as a 503 with the store down). Closing a connection with
+/// unread data makes the kernel reset it, and a client still sending (or about to read) then
+/// gets a reset instead of the answer.
+fn linger(body: Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>) {
+    let done = body
+        .lock()
+        .expect("body")
+        .as_ref()
+        .is_none_or(http_body::Body::is_end_stream);
+    if done {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = SharedBody(body);
+        let deadline = tokio::time::Instant::now() + LINGER_TOTAL;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(LINGER_IDLE.min(left), body.frame()).await {
+                Ok(Some(Ok(_))) => {}
+                _ => return,
+            }
+        }
+    });
 }
 
 async fn accept_error(e: std::io::Error) {

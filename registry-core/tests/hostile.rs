@@ -1,6 +1,7 @@
 //! registry-core against a client that tries to make it keep things: unknown upload ids,
 //! interrupted monolithic uploads, sessions that never go past their first request, made-up
-//! methods in the metrics, and error answers that must be framed for keep-alive.
+//! methods in the metrics, error answers that must be framed for keep-alive, and error answers
+//! before a large body that must reach a client still sending it.
 
 mod common;
 
@@ -179,6 +180,47 @@ async fn error_answers_are_framed_for_keep_alive() {
     assert!(first.starts_with("http/1.1 404"), "{out}");
     assert!(first.contains("content-length:"), "{first}");
     assert_eq!(out.matches("HTTP/1.1 ").count(), 2, "{out}");
+}
+
+/// An error answered before the body (an unknown upload here, a store that is down in
+/// `s3.rs`): the rest of the body is read and dropped, so a client still sending it gets the
+/// answer rather than a reset, and the connection serves the next request.
+#[tokio::test]
+async fn an_error_before_the_body_reaches_a_client_still_sending() {
+    let s = common::Server::start().await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let body = vec![7u8; 16 << 20];
+        let mut w = c.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let head = format!(
+                "PATCH /v2/x/blobs/uploads/a0b1c2d3-e4f5-4a6b-8c7d-9e0f1a2b3c4d HTTP/1.1\r\nHost: r\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            w.write_all(head.as_bytes())?;
+            w.write_all(&body)?;
+            w.write_all(b"GET /v2/ HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
+        });
+        let mut out = String::new();
+        let read = c.read_to_string(&mut out);
+        (read.map_err(|e| e.to_string()), writer.join().unwrap().map_err(|e| e.to_string()), out)
+    })
+    .await
+    .unwrap();
+    let (read, written, out) = out;
+    assert!(
+        read.is_ok() && written.is_ok(),
+        "{read:?} {written:?} {out}"
+    );
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(out.contains("BLOB_UPLOAD_UNKNOWN"), "{out}");
+    assert_eq!(
+        out.matches("HTTP/1.1 ").count(),
+        2,
+        "the next request is served: {out}"
+    );
 }
 
 #[test]
