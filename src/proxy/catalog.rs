@@ -60,14 +60,7 @@ impl Edge {
             let link = request::target("/v2/_catalog", &q);
             h.insert_header("Link", format!("<{link}>; rel=\"next\""))?;
         }
-        ctx.status = 200;
-        self.decorate(&mut h)?;
-        let head = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(h), head).await?;
-        if !head {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
+        self.send_own(session, ctx, h, body).await
     }
 
     /// The whole catalog (the embedded registry's, or the upstream's read in bounded pages),

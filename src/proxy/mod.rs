@@ -274,11 +274,26 @@ impl Edge {
             // connection cannot carry another request.
             session.set_keepalive(None);
         }
-        ctx.status = status;
+        self.send_own(session, ctx, h, body).await
+    }
+
+    /// Sends an answer the edge made itself (an error, the filtered catalog, `/token`, a UI
+    /// page): records its status, adds the configured headers, and sends the body unless the
+    /// request was a HEAD or there is none.
+    pub(crate) async fn send_own(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        mut h: ResponseHeader,
+        body: Bytes,
+    ) -> Result<()> {
+        ctx.status = h.status.as_u16();
         self.decorate(&mut h)?;
         let head = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(h), head).await?;
-        if !head {
+        session
+            .write_response_header(Box::new(h), head || body.is_empty())
+            .await?;
+        if !head && !body.is_empty() {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(())

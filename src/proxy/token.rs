@@ -448,16 +448,7 @@ impl Edge {
         if super::has_body(session.req_header()) && !session.is_body_done() {
             session.set_keepalive(None);
         }
-        ctx.status = status;
-        self.decorate(&mut h)?;
-        let head = session.req_header().method == http::Method::HEAD;
-        session
-            .write_response_header(Box::new(h), head || body.is_empty())
-            .await?;
-        if !head && !body.is_empty() {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
+        self.send_own(session, ctx, h, body).await
     }
 }
 
